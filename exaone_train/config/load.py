@@ -1,0 +1,55 @@
+"""Compose a recipe with Hydra (compose API: we have subcommands, so no @hydra.main)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from exaone_train.config.schema import RecipeConfig, register_configs
+from exaone_train.errors import ConfigError
+
+
+def recipes_dir() -> Path:
+    """`$EXAONE_TRAIN_RECIPES`, else the repo's `recipes/`."""
+    env = os.environ.get("EXAONE_TRAIN_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "recipes"
+
+
+def compose_recipe(name: str = "tiny_cpu", overrides: list[str] | None = None) -> DictConfig:
+    """Resolved, struct-mode DictConfig of recipe `name` (a file in recipes/ or a path)."""
+    register_configs()
+    path = Path(name)
+    config_dir = recipes_dir()
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        config_dir, name = path.resolve().parent, path.stem
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            cfg = compose(config_name=name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"recipe {name}", overrides, f"could not be composed: {e}") from None
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def to_object(cfg: DictConfig) -> RecipeConfig:
+    """Typed dataclass view of a composed recipe."""
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(getattr(e, "full_key", "recipe") or "recipe", None, str(e)) from None
+
+
+def load_recipe(name: str = "tiny_cpu", overrides: list[str] | None = None) -> RecipeConfig:
+    """Compose, type and validate: the one way every command gets its config."""
+    from exaone_train.config.validate import validate
+
+    cfg = to_object(compose_recipe(name, overrides))
+    validate(cfg)
+    return cfg

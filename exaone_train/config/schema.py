@@ -1,0 +1,104 @@
+"""Typed schema of a recipe. Hydra composes YAML over these dataclasses (struct mode: an unknown
+key is an error); `validate()` then checks cross-field rules once, before anything starts.
+
+Sections later issues add (data, optim, train, checkpoint, curriculum, eval) hang off
+`RecipeConfig` the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Names follow MODELS.md; HF names in comments where they differ."""
+
+    name: str = MISSING
+    family: str = MISSING  # "kexaone" (ExaoneMoe) | "exaone4" (Exaone4)
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_query_groups: int = MISSING  # KV heads (GQA)
+    head_dim: int = MISSING
+    ffn_hidden_size: int = MISSING  # dense SwiGLU intermediate size
+    vocab_size: int = MISSING  # tokenizer vocab; padded for TP by `padded_vocab_size`
+    vocab_pad_multiple: int = 128
+    max_position_embeddings: int = 8192
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-5
+    # Attention layout. `attention_pattern` repeats over the layers: L = sliding window,
+    # G = global. An explicit `layer_types` list ("sliding_attention"/"full_attention", one per
+    # layer, as in HF configs) wins over the pattern.
+    attention_pattern: str = "G"
+    layer_types: list[str] | None = None
+    sliding_window_tokens: int | None = None  # HF semantics: key j visible iff i-W < j <= i
+    rope_on_global_layers: bool = False  # EXAONE 4.0 1.2B (all global) uses RoPE everywhere
+    # Norm placement: "pre" (K-EXAONE) or "qk_reorder" (EXAONE 4.0: no pre-norm, RMSNorm on the
+    # attention and MLP outputs before each residual add).
+    norm_placement: str = "pre"
+    qk_norm: bool = True
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    # MoE (num_experts = None: dense model).
+    num_experts: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    moe_top_k: int = 8
+    moe_shared_expert_ffn_hidden_size: int | None = None
+    moe_first_k_dense: int = 1  # layers [0, k) are dense
+    moe_layer_types: list[str] | None = None  # explicit "dense"/"sparse" per layer (HF)
+    moe_router_score: str = "sigmoid"
+    moe_routed_scaling_factor: float = 2.5
+    moe_norm_topk_prob: bool = True
+    moe_expert_bias: bool = True  # selection-only routing bias (aux-loss-free balancing)
+    moe_expert_bias_update_rate: float = 1e-4
+    moe_seq_aux_loss_coeff: float = 1e-4
+    moe_z_loss_coeff: float = 0.0
+    # MTP: a block predicting token t+2, sharing embedding and LM head.
+    mtp_num_layers: int = 0
+    mtp_loss_weight: float = 0.05
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    virtual_pp: int | None = None  # virtual stages per pipeline rank (interleaved 1F1B)
+    ep: int = 1
+    cp: int = 1
+    sequence_parallel: bool = False  # requires tp > 1
+    expert_tp: int = 1
+    moe_token_dispatcher: str = "alltoall"
+    distributed_optimizer: bool = False
+    recompute: str = "none"  # none | selective | full
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "fp32"  # fp32 | bf16 (params and activations; master weights/grads stay fp32)
+    fp8: str | None = None  # None | delayed | tensorwise | blockwise | mxfp8 (needs Transformer Engine)
+    fp8_amax_history_len: int = 1024
+    transformer_impl: str = "auto"  # auto | local | transformer_engine
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    seed: int = 1234
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    """Register schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="recipe_schema", node=RecipeConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
+    cs.store(group="precision", name="precision_schema", node=PrecisionConfig)

@@ -1,0 +1,114 @@
+"""One validation pass over a resolved recipe. Every rule raises ConfigError naming the field
+path, the value and the rule. Nothing is silently changed."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RecipeConfig
+from exaone_train.errors import ConfigError
+
+_FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
+
+
+def _require(cond: bool, field: str, value: object, rule: str) -> None:
+    if not cond:
+        raise ConfigError(field, value, rule)
+
+
+def validate_model(m: ModelConfig) -> None:
+    _require(m.family in ("kexaone", "exaone4"), "model.family", m.family,
+             "must be 'kexaone' or 'exaone4'")
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                 "head_dim", "ffn_hidden_size", "vocab_size"):
+        _require(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be > 0")
+    _require(m.num_attention_heads % m.num_query_groups == 0, "model.num_query_groups",
+             m.num_query_groups, f"must divide model.num_attention_heads={m.num_attention_heads}")
+    _require(m.norm_placement in ("pre", "qk_reorder"), "model.norm_placement",
+             m.norm_placement, "must be 'pre' or 'qk_reorder'")
+    _require(len(m.attention_pattern) > 0 and set(m.attention_pattern) <= {"L", "G"},
+             "model.attention_pattern", m.attention_pattern, "must be a string of L and G")
+    _require(len(m.attention_pattern) <= m.num_layers, "model.attention_pattern",
+             m.attention_pattern, f"is longer than model.num_layers={m.num_layers}")
+    if m.layer_types is not None:
+        _require(len(m.layer_types) == m.num_layers, "model.layer_types", len(m.layer_types),
+                 f"needs one entry per layer (model.num_layers={m.num_layers})")
+        bad = set(m.layer_types) - {"sliding_attention", "full_attention"}
+        _require(not bad, "model.layer_types", sorted(bad),
+                 "entries must be 'sliding_attention' or 'full_attention'")
+    wants_window = "L" in m.attention_pattern or (
+        m.layer_types is not None and "sliding_attention" in m.layer_types)
+    if m.sliding_window_tokens is not None:
+        _require(m.sliding_window_tokens > 0, "model.sliding_window_tokens",
+                 m.sliding_window_tokens, "must be > 0 (or null for no sliding window)")
+    elif wants_window:
+        raise ConfigError("model.sliding_window_tokens", None,
+                          "sliding-window layers (L in attention_pattern) need a window size")
+    _require(m.vocab_pad_multiple > 0, "model.vocab_pad_multiple", m.vocab_pad_multiple, "> 0")
+    if m.num_experts is not None:
+        _require(m.num_experts > 0, "model.num_experts", m.num_experts, "must be > 0 or null")
+        _require(0 < m.moe_top_k <= m.num_experts, "model.moe_top_k", m.moe_top_k,
+                 f"must be in [1, model.num_experts={m.num_experts}]")
+        _require(m.moe_ffn_hidden_size is not None and m.moe_ffn_hidden_size > 0,
+                 "model.moe_ffn_hidden_size", m.moe_ffn_hidden_size, "MoE models need it > 0")
+        _require(m.moe_router_score in ("sigmoid", "softmax"), "model.moe_router_score",
+                 m.moe_router_score, "must be 'sigmoid' or 'softmax'")
+        if m.moe_layer_types is not None:
+            _require(len(m.moe_layer_types) == m.num_layers, "model.moe_layer_types",
+                     len(m.moe_layer_types), f"needs model.num_layers={m.num_layers} entries")
+    _require(m.mtp_num_layers in (0, 1), "model.mtp_num_layers", m.mtp_num_layers,
+             "K-EXAONE has 0 or 1 MTP block")
+
+
+def validate_parallel(p: ParallelConfig, m: ModelConfig) -> None:
+    for name in ("tp", "pp", "ep", "cp", "expert_tp"):
+        _require(getattr(p, name) >= 1, f"parallel.{name}", getattr(p, name), "must be >= 1")
+    _require(m.num_attention_heads % p.tp == 0, "parallel.tp", p.tp,
+             f"does not divide model.num_attention_heads={m.num_attention_heads}")
+    _require(m.num_query_groups % p.tp == 0, "parallel.tp", p.tp,
+             f"does not divide model.num_query_groups={m.num_query_groups}")
+    _require(m.ffn_hidden_size % p.tp == 0, "parallel.tp", p.tp,
+             f"does not divide model.ffn_hidden_size={m.ffn_hidden_size}")
+    _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel",
+             p.sequence_parallel, "needs parallel.tp > 1")
+    if p.ep > 1:
+        _require(m.num_experts is not None, "parallel.ep", p.ep, "needs an MoE model")
+    if m.num_experts is not None:
+        _require(m.num_experts % p.ep == 0, "parallel.ep", p.ep,
+                 f"does not divide model.num_experts={m.num_experts}")
+    stages = p.pp * (p.virtual_pp or 1)
+    _require(m.num_layers % stages == 0, "parallel.pp", f"{p.pp} x virtual_pp={p.virtual_pp}",
+             f"pp*virtual_pp={stages} does not divide model.num_layers={m.num_layers}")
+    if p.virtual_pp is not None:
+        _require(p.pp > 1 and p.virtual_pp >= 1, "parallel.virtual_pp", p.virtual_pp,
+                 "needs parallel.pp > 1")
+    _require(p.moe_token_dispatcher in ("alltoall", "allgather"), "parallel.moe_token_dispatcher",
+             p.moe_token_dispatcher, "must be 'alltoall' or 'allgather'")
+    _require(p.recompute in ("none", "selective", "full"), "parallel.recompute", p.recompute,
+             "must be none | selective | full")
+
+
+def validate_precision(prec: PrecisionConfig) -> None:
+    _require(prec.dtype in ("fp32", "bf16"), "precision.dtype", prec.dtype, "must be fp32 | bf16")
+    _require(prec.transformer_impl in ("auto", "local", "transformer_engine"),
+             "precision.transformer_impl", prec.transformer_impl,
+             "must be auto | local | transformer_engine")
+    te = importlib.util.find_spec("transformer_engine") is not None
+    if prec.fp8 is not None:
+        _require(prec.fp8 in _FP8_RECIPES, "precision.fp8", prec.fp8,
+                 f"must be null or one of {_FP8_RECIPES}")
+        _require(te, "precision.fp8", prec.fp8,
+                 "FP8 needs Transformer Engine, which is not installed "
+                 "(pip install 'exaone-train[gpu]' on a GPU node); we never fall back to BF16")
+        _require(prec.transformer_impl != "local", "precision.fp8", prec.fp8,
+                 "FP8 needs precision.transformer_impl=transformer_engine or auto")
+    if prec.transformer_impl == "transformer_engine":
+        _require(te, "precision.transformer_impl", prec.transformer_impl,
+                 "Transformer Engine is not installed")
+
+
+def validate(cfg: RecipeConfig) -> None:
+    """Raise ConfigError on the first broken rule."""
+    validate_model(cfg.model)
+    validate_parallel(cfg.parallel, cfg.model)
+    validate_precision(cfg.precision)

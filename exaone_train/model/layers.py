@@ -1,0 +1,98 @@
+"""Modules our layer specs use where megatron-core's local ones do not fit.
+
+- `RMSNorm`: megatron-core's torch norm refuses sequence parallelism; EXAONE 4.0's post-norms
+  need a norm anyway. fp32 math, HF-style `weight * x_normed.to(dtype)`.
+- `PostNormRowParallelLinear`: EXAONE 4.0's QK-Reorder-LN normalises the attention / MLP output
+  before the residual add. Applying the norm to the row-parallel output (already reduced over
+  TP) gives exactly that, and keeps megatron-core's TransformerLayer untouched.
+- `LocalCoreAttention`: causal attention with HF sliding-window semantics and an optional
+  document mask, for the CPU / local path. megatron-core's local DotProductAttention replaces
+  any given mask with the window mask, so a packed sample's document mask would be lost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from megatron.core.tensor_parallel.layers import RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import is_layer_window_attention
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        # Under sequence parallelism each TP rank sees other tokens: the grad must be summed
+        # over TP (megatron-core's finalize_model_grads reads this attribute).
+        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class PostNormRowParallelLinear(RowParallelLinear):
+    """RowParallelLinear followed by RMSNorm on its (TP-reduced) output."""
+
+    def __init__(self, input_size: int, output_size: int, *, config: TransformerConfig, **kw):
+        super().__init__(input_size, output_size, config=config, **kw)
+        if self.bias is not None:
+            raise ValueError("post-norm linear layers take no bias (EXAONE 4.0 has none)")
+        self.post_norm = RMSNorm(config, output_size, eps=config.layernorm_epsilon)
+
+    def forward(self, input_, *args, **kwargs):
+        output, bias = super().forward(input_, *args, **kwargs)
+        return self.post_norm(output), bias
+
+
+class LocalCoreAttention(MegatronModule):
+    """softmax(QK^T / sqrt(d) + mask) V with GQA, in fp32 softmax.
+
+    Mask = causal AND (sliding window on window layers) AND NOT `attention_mask` (megatron
+    convention: True = masked). Window semantics follow `config.window_size=(W-1, 0)`: key j is
+    visible from query i iff i - (W-1) <= j <= i, i.e. HF's i - W < j <= i.
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type,
+                 attention_type: str = "self", attention_dropout: float | None = None,
+                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
+                 pg_collection=None, **kwargs) -> None:
+        super().__init__(config=config)
+        self.layer_number = max(1, layer_number)
+        self.window_left = None
+        if is_layer_window_attention(config.window_size, config.window_attn_skip_freq,
+                                     self.layer_number):
+            self.window_left = int(config.window_size[0])
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if packed_seq_params is not None:
+            raise NotImplementedError("packed (THD) sequences need the Transformer Engine path")
+        # [s, b, heads, d] -> [b, heads, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if q.shape[1] != k.shape[1]:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        sq, sk = q.shape[2], k.shape[2]
+        i = torch.arange(sq, device=q.device).unsqueeze(1) + (sk - sq)
+        j = torch.arange(sk, device=q.device).unsqueeze(0)
+        allowed = j <= i
+        if self.window_left is not None:
+            allowed = allowed & (j >= i - self.window_left)
+        if attention_mask is not None:
+            allowed = allowed & ~attention_mask.bool()
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.softmax_scale
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        if self.training and self.dropout_p > 0:
+            probs = torch.nn.functional.dropout(probs, p=self.dropout_p)
+        context = torch.matmul(probs, v)  # [b, heads, sq, d]
+        b, h, s, d = context.shape
+        return context.permute(2, 0, 1, 3).reshape(s, b, h * d)

@@ -1,0 +1,81 @@
+"""Process groups. The only module that initialises torch.distributed and megatron-core's
+parallel_state; everything else asks parallel_state for ranks and groups."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from exaone_train.config.schema import ParallelConfig
+from exaone_train.errors import ConfigError
+from exaone_train.parallel import cpu_support
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_minutes: int = 30) -> None:
+    """torch.distributed from torchrun's env (or a 1-process group when run plainly)."""
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain `python`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        cpu_support.install()
+    dist.init_process_group(backend="nccl" if cuda else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def init_model_parallel(p: ParallelConfig, seed: int) -> None:
+    """megatron-core's TP/PP/VPP/CP/EP/DP groups for `p`, and the per-rank RNG streams."""
+    world = dist.get_world_size()
+    model_parallel = p.tp * p.pp * p.cp
+    if world % model_parallel:
+        raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp}",
+                          f"tp*pp*cp={model_parallel} must divide the world size {world}")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=p.tp,
+        pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.virtual_pp,
+        context_parallel_size=p.cp,
+        expert_model_parallel_size=p.ep,
+        expert_tensor_parallel_size=p.expert_tp,
+    )
+    model_parallel_cuda_manual_seed(seed)
+
+
+def setup(p: ParallelConfig, seed: int) -> None:
+    init_distributed()
+    init_model_parallel(p, seed)
+
+
+def teardown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_prefix() -> str:
+    """'[r3 tp1 pp0 ep1 dp0]' for log lines."""
+    if not parallel_state.model_parallel_is_initialized():
+        return f"[r{os.environ.get('RANK', 0)}]"
+    ps = parallel_state
+    return (f"[r{dist.get_rank()} tp{ps.get_tensor_model_parallel_rank()} "
+            f"pp{ps.get_pipeline_model_parallel_rank()} ep{ps.get_expert_model_parallel_rank()} "
+            f"dp{ps.get_data_parallel_rank()}]")

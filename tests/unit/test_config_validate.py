@@ -1,0 +1,49 @@
+"""validate() names the field, the value and the rule; bad recipes never reach megatron-core."""
+
+import pytest
+
+from exaone_train.config.load import load_recipe
+from exaone_train.errors import ConfigError
+
+
+def test_shipped_recipes_validate():
+    for model in ("kexaone_236b", "exaone4_32b", "exaone4_1p2b", "tiny_kexaone", "tiny_exaone4"):
+        assert load_recipe("tiny_cpu", [f"model={model}"]).model.name == model
+
+
+@pytest.mark.parametrize("overrides, field, words", [
+    (["parallel.tp=3"], "parallel.tp", "num_attention_heads"),
+    (["model=kexaone_236b", "parallel.tp=16"], "parallel.tp", "num_query_groups=8"),
+    (["parallel.ep=3"], "parallel.ep", "num_experts=8"),
+    (["parallel.pp=3"], "parallel.pp", "num_layers=4"),
+    (["parallel.pp=2", "parallel.virtual_pp=4"], "parallel.pp", "num_layers=4"),
+    (["model.sliding_window_tokens=0"], "model.sliding_window_tokens", "> 0"),
+    (["model.sliding_window_tokens=null"], "model.sliding_window_tokens", "window size"),
+    (["model.attention_pattern=LLLLLG"], "model.attention_pattern", "longer than"),
+    (["model.attention_pattern=LXG"], "model.attention_pattern", "L and G"),
+    (["model.vocab_pad_multiple=0"], "model.vocab_pad_multiple", "> 0"),
+    (["precision.fp8=tensorwise"], "precision.fp8", "Transformer Engine"),
+    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "tp > 1"),
+    (["model.moe_top_k=9"], "model.moe_top_k", "num_experts=8"),
+])
+def test_bad_config_names_field(overrides, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("tiny_cpu", overrides)
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+def test_unknown_key_is_config_error():
+    with pytest.raises(ConfigError, match="model.bogus"):
+        load_recipe("tiny_cpu", ["model.bogus=1"])
+
+
+def test_vocab_padded_for_tp():
+    from exaone_train.model.layout import padded_vocab_size
+
+    m = load_recipe("tiny_cpu", ["model.vocab_size=4000"]).model
+    assert padded_vocab_size(m, 1) == 4096
+    assert padded_vocab_size(m, 2) == 4096
+    assert padded_vocab_size(m, 4) == 4096
+    assert padded_vocab_size(m, 8) == 4096
+    assert padded_vocab_size(m, 3) == 4224  # multiple of 128*3
