@@ -85,12 +85,69 @@ class PrecisionConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Batching and length of a (single-stage) run. Curriculum stages override these."""
+
+    seq_length_tokens: int = 256
+    micro_batch_samples: int = 2
+    global_batch_samples: int = 8  # = micro_batch * DP * accumulation steps
+    train_tokens: int | None = None  # stop after this many tokens (or train_steps)
+    train_steps: int | None = 50
+    clip_grad: float = 1.0
+    # Block attention across packed documents and restart positions at each document.
+    document_attention_mask: bool = True
+    reset_position_ids: bool = True
+    eval_interval_steps: int = 0
+    # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
+    # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").
+    data_source: str = "pipeline"
+
+
+@dataclass
+class GuardConfig:
+    """Stability guard: skip bad steps, stop the run cleanly if they keep coming."""
+
+    skip_nonfinite: bool = True
+    spike_zscore: float = 6.0  # skip a step whose loss is this many stds above the window mean
+    spike_window_steps: int = 50
+    spike_min_history: int = 20
+    max_skips_in_window: int = 10  # stop the run if this many steps are skipped in the window
+
+
+@dataclass
+class LoggingConfig:
+    interval_steps: int = 1
+    wandb: bool = True
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "exaone-train"
+    wandb_entity: str | None = None
+    gpu_type: str | None = None  # for MFU; None = detect (CPU: no MFU)
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    name: str = "run"
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    optim: Any = field(default_factory=lambda: _optim_config())
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _optim_config():
+    from exaone_train.optim import OptimConfig
+
+    return OptimConfig()
 
 
 def register_configs() -> None:

@@ -83,6 +83,9 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
         attention_backend=AttnBackend.local if not torch.cuda.is_available() else AttnBackend.auto,
         mtp_num_layers=m.mtp_num_layers or None,
         mtp_loss_scaling_factor=m.mtp_loss_weight,
+        # Loss = sum over tokens; finalize_model_grads divides by the global token count, so
+        # gradient accumulation and DP give exactly the global per-token mean.
+        calculate_per_token_loss=True,
     )
     if p.recompute != "none":
         kw.update(recompute_granularity=p.recompute,

@@ -1,0 +1,54 @@
+"""A run directory: config.yaml (resolved), run_info.json (git SHA, package versions, command),
+metrics.jsonl, checkpoints/. Rank 0 writes; others wait at a barrier."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from exaone_train.config.schema import RecipeConfig
+
+_PACKAGES = ("torch", "megatron-core", "transformers", "datasets", "tokenizers", "hydra-core",
+             "transformer-engine", "exaone-train")
+
+
+def git_sha() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info() -> dict:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git_sha": git_sha(), "python": platform.python_version(), "argv": sys.argv,
+            "packages": versions,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1}
+
+
+def prepare_run_dir(cfg: RecipeConfig) -> Path:
+    run_dir = Path(cfg.run.dir)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+    return run_dir

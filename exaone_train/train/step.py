@@ -1,0 +1,131 @@
+"""One optimizer step: micro-batches -> megatron-core pipeline schedule -> reduced loss ->
+stability check -> optimizer step (or skip)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+
+@dataclass
+class Batch:
+    """One micro-batch, [batch, seq] tensors (megatron's GPTModel transposes internally)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None  # [b, 1, s, s] bool, True = masked (other document)
+
+
+def collate(samples: Sequence[Any], document_mask: bool, reset_positions: bool) -> Batch:
+    """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids, position_ids)."""
+    tokens = torch.from_numpy(np.stack([s.tokens for s in samples])).long()
+    docs = torch.from_numpy(np.stack([s.document_ids for s in samples]))
+    if reset_positions:
+        pos = torch.from_numpy(np.stack([s.position_ids for s in samples])).long()
+    else:
+        pos = torch.arange(tokens.shape[1] - 1).unsqueeze(0).expand(len(samples), -1)
+    mask = None
+    if document_mask:
+        mask = (docs.unsqueeze(2) != docs.unsqueeze(1)).unsqueeze(1)
+    return Batch(input_ids=tokens[:, :-1].contiguous(), labels=tokens[:, 1:].contiguous(),
+                 loss_mask=torch.from_numpy(np.stack([s.loss_mask for s in samples])).float(),
+                 position_ids=pos.contiguous(), attention_mask=mask)
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of per-token losses and the token count (megatron's per-token-loss contract)."""
+    losses = output_tensor.float()
+    mask = loss_mask.view(-1).float()
+    loss_sum = torch.sum(losses.view(-1) * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach().clone(), mask.sum()])
+    return loss_sum, num_tokens, {"lm_loss": report}
+
+
+def _forward_step(data_iterator: Iterator[Batch], model):
+    b = next(data_iterator)
+    output = model(b.input_ids, b.position_ids, b.attention_mask, labels=b.labels,
+                   loss_mask=b.loss_mask)
+    return output, partial(_loss_func, b.loss_mask)
+
+
+@dataclass
+class StepResult:
+    loss: float  # global per-token mean LM loss (all DP ranks, all micro-batches)
+    num_tokens: int  # loss tokens in the global batch
+    grad_norm: float | None
+    skipped: bool
+    skip_reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _global_mean_loss(losses_reduced: list[dict]) -> tuple[float, int]:
+    """Sum (loss, tokens) over micro-batches and DP; broadcast from the last PP stage."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for entry in losses_reduced:
+        total += entry["lm_loss"].double()
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        last = parallel_state.get_pipeline_model_parallel_last_rank()
+        dist.broadcast(total, src=last, group=parallel_state.get_pipeline_model_parallel_group())
+    loss = (total[0] / total[1].clamp(min=1)).item()
+    return loss, int(total[1].item())
+
+
+def forward_backward(model_chunks: list, batches: list[Batch], seq_length: int,
+                     micro_batch: int, forward_only: bool = False) -> tuple[float, int]:
+    """Run megatron-core's schedule (no pipelining / 1F1B / interleaved) over `batches`."""
+    fb = get_forward_backward_func()
+    n_chunks = len(model_chunks)
+    iterators = [iter(batches) for _ in range(n_chunks)]
+    losses = fb(forward_step_func=_forward_step,
+                data_iterator=iterators if n_chunks > 1 else iterators[0],
+                model=model_chunks if n_chunks > 1 else model_chunks[0],
+                num_microbatches=len(batches), seq_length=seq_length,
+                micro_batch_size=micro_batch, forward_only=forward_only)
+    return _global_mean_loss(losses if parallel_state.is_pipeline_last_stage() else [])
+
+
+def train_step(model_chunks: list, optimizer, batches: list[Batch], seq_length: int,
+               micro_batch: int, should_skip: Callable[[float], str | None]) -> StepResult:
+    """Forward/backward, then step unless the loss or the gradient says skip.
+
+    `should_skip(loss)` is the stability guard's loss check (None = fine). Every rank sees the
+    same loss and grad norm, so every rank takes the same decision.
+    """
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    loss, num_tokens = forward_backward(model_chunks, batches, seq_length, micro_batch)
+    reason = should_skip(loss)
+    if reason is not None:
+        return StepResult(loss, num_tokens, None, True, reason)
+    optimizer.prepare_grads()
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return StepResult(loss, num_tokens, grad_norm, True, "non-finite gradient")
+    _clip_by_total_norm(optimizer, grad_norm)
+    optimizer.step_with_ready_grads()
+    return StepResult(loss, num_tokens, grad_norm, False)
+
+
+def _clip_by_total_norm(optimizer, grad_norm: float) -> None:
+    """Scale grads by clip/norm when above the limit, per sub-optimizer (as ChainedOptimizer)."""
+    from megatron.core.optimizer import optimizer as mopt
+
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = sub.get_parameters()
+        if params and sub.config.clip_grad > 0.0:
+            mopt.clip_grad_by_total_norm_fp32(
+                params, max_norm=sub.config.clip_grad, total_norm=grad_norm,
+                use_decoupled_grad=sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)

@@ -1,0 +1,158 @@
+"""The trainer: what runs inside every rank. `main(cfg)` reads like the recipe:
+parallel init -> model -> optimizer and schedule -> data -> restore -> loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel as DDP
+from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
+from omegaconf import OmegaConf
+
+from exaone_train.config.schema import RecipeConfig
+from exaone_train.errors import ConfigError
+from exaone_train.model.builder import build_model
+from exaone_train.model.counts import training_flops_per_token
+from exaone_train.parallel import state
+from exaone_train.train import callbacks as cb
+from exaone_train.train.run_dir import prepare_run_dir
+from exaone_train.train.step import StepResult, collate, train_step
+
+log = logging.getLogger("exaone_train")
+
+
+def build_model_chunks(cfg: RecipeConfig) -> list[DDP]:
+    """This rank's model chunks (one per virtual pipeline stage), wrapped in megatron DDP."""
+    p = cfg.parallel
+    chunks = [build_model(cfg.model, p, cfg.precision, vp_stage=v if p.virtual_pp else None)
+              for v in range(p.virtual_pp or 1)]
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=p.distributed_optimizer)
+    wrapped = [DDP(config=c.config, ddp_config=ddp_cfg, module=c,
+                   disable_bucketing=(i > 0)) for i, c in enumerate(chunks)]
+    config = wrapped[0].config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = [w.no_sync for w in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+    return wrapped
+
+
+def build_optimizer(cfg: RecipeConfig, chunks: list[DDP]):
+    from exaone_train.optim import build_optimizer as build
+
+    return build(chunks, cfg.optim, clip_grad=cfg.train.clip_grad)
+
+
+def build_data(cfg: RecipeConfig):
+    t = cfg.train
+    if t.data_source == "synthetic":
+        from exaone_train.train.synthetic import SyntheticStageDataset
+
+        return SyntheticStageDataset(t.seq_length_tokens, cfg.model.vocab_size, cfg.seed)
+    if t.data_source == "pipeline":
+        from data_pipeline import build_stage_dataset
+
+        return build_stage_dataset(cfg.data, seed=cfg.seed)
+    raise ConfigError("train.data_source", t.data_source, "must be 'pipeline' or 'synthetic'")
+
+
+class Trainer:
+    def __init__(self, cfg: RecipeConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.model = build_model_chunks(cfg)
+        self.optimizer = build_optimizer(cfg, self.model)
+        from exaone_train.optim import build_schedule
+
+        self.schedule = build_schedule(cfg.optim, self.optimizer)
+        self.data = build_data(cfg)
+        self.step, self.consumed_samples, self.consumed_tokens = 0, 0, 0
+        self.metrics: dict[str, Any] = {}
+        self.results: list[StepResult] = []
+        self.prefix = state.rank_prefix()
+        dp = parallel_state.get_data_parallel_world_size()
+        t = cfg.train
+        self.micro_batches = t.global_batch_samples // (t.micro_batch_samples * dp)
+        self.global_batch_tokens = t.global_batch_samples * t.seq_length_tokens
+        self.local_tokens = self.global_batch_tokens // dp
+        self.guard = cb.StabilityGuard(cfg.guard)
+        self.callbacks = self._callbacks()
+
+    def _callbacks(self) -> list[cb.Callback]:
+        from exaone_train.train.hardware_peak import peak_flops_per_gpu
+
+        c = self.cfg
+        flops = training_flops_per_token(c.model, c.train.seq_length_tokens)
+        cbs: list[cb.Callback] = [cb.Throughput(flops, peak_flops_per_gpu(c)), self.guard]
+        if c.model.num_experts:
+            cbs.append(cb.MoEStats(self.model))
+        cbs += [cb.ConsoleLogger(c.logging), cb.JsonlLogger(self.run_dir)]
+        if c.logging.wandb and c.logging.wandb_mode != "disabled":
+            cbs.append(cb.WandbLogger(c.logging, self.run_dir, OmegaConf.to_container(
+                OmegaConf.structured(c))))
+        return cbs
+
+    def next_batches(self) -> list:
+        """This DP rank's micro-batches of the next global batch (world-size-free order)."""
+        t = self.cfg.train
+        indices = range(self.consumed_samples, self.consumed_samples + t.global_batch_samples)
+        mine = self.data.rank_slice(indices, parallel_state.get_data_parallel_rank(),
+                                    parallel_state.get_data_parallel_world_size())
+        mb = t.micro_batch_samples
+        return [collate([self.data[i] for i in mine[k:k + mb]], t.document_attention_mask,
+                        t.reset_position_ids) for k in range(0, len(mine), mb)]
+
+    def done(self) -> bool:
+        t = self.cfg.train
+        if t.train_steps is not None and self.step >= t.train_steps:
+            return True
+        return t.train_tokens is not None and self.consumed_tokens >= t.train_tokens
+
+    def train_one_step(self) -> StepResult:
+        self.metrics = {"lr": self.schedule.apply(self.consumed_tokens)}
+        for c in self.callbacks:
+            c.on_step_start(self)
+        result = train_step(self.model, self.optimizer, self.next_batches(),
+                            self.cfg.train.seq_length_tokens, self.cfg.train.micro_batch_samples,
+                            self.guard.check_loss)
+        self.step += 1
+        self.consumed_samples += self.cfg.train.global_batch_samples
+        self.consumed_tokens += self.global_batch_tokens
+        self.results.append(result)
+        for c in self.callbacks:
+            c.on_step_end(self, result)
+        return result
+
+    def fit(self) -> list[StepResult]:
+        """The loop. Returns every step's result (tests compare them across layouts)."""
+        for c in self.callbacks:
+            c.on_train_start(self)
+        try:
+            while not self.done():
+                self.train_one_step()
+        except cb.StopTraining as stop:
+            log.warning("%s stopping: %s", self.prefix, stop)
+        finally:
+            for c in self.callbacks:
+                c.on_train_end(self)
+        return self.results
+
+
+def validate_batching(cfg: RecipeConfig, dp: int) -> None:
+    t = cfg.train
+    if t.global_batch_samples % (t.micro_batch_samples * dp):
+        raise ConfigError("train.global_batch_samples", t.global_batch_samples,
+                          f"must be a multiple of train.micro_batch_samples="
+                          f"{t.micro_batch_samples} x data-parallel size {dp}")
+
+
+def main(cfg: RecipeConfig) -> list[StepResult]:
+    state.setup(cfg.parallel, cfg.seed)
+    validate_batching(cfg, parallel_state.get_data_parallel_world_size())
+    run_dir = prepare_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir)
+    torch.manual_seed(cfg.seed + parallel_state.get_data_parallel_rank())
+    return trainer.fit()

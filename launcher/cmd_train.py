@@ -1,0 +1,26 @@
+"""`exaone-train train [--recipe R] [overrides]`: runs inside each rank (under torchrun) or as a
+single process."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (one stage / a plain run) on this rank")
+    p.add_argument("--recipe", default="tiny_cpu")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from exaone_train.config.load import load_recipe
+    from exaone_train.parallel import state
+    from exaone_train.train.trainer import main
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    try:
+        main(cfg)
+    finally:
+        state.teardown()
+    return 0
