@@ -101,6 +101,9 @@ class TrainConfig:
     # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
     # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").
     data_source: str = "pipeline"
+    # Initial weights: a dist_checkpointing model directory (e.g. `exaone-train convert from-hf`
+    # output's model/, or a checkpoint's model/) loaded under this run's layout.
+    init_from: str | None = None
 
 
 @dataclass

@@ -71,6 +71,10 @@ def validate_parallel(p: ParallelConfig, m: ModelConfig) -> None:
              f"does not divide model.ffn_hidden_size={m.ffn_hidden_size}")
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel",
              p.sequence_parallel, "needs parallel.tp > 1")
+    if m.num_experts is not None and p.tp > 1:
+        _require(p.sequence_parallel, "parallel.sequence_parallel", p.sequence_parallel,
+                 "MoE models with parallel.tp > 1 need sequence parallelism (megatron-core "
+                 "MoE layers require it)")
     if p.ep > 1:
         _require(m.num_experts is not None, "parallel.ep", p.ep, "needs an MoE model")
     if m.num_experts is not None:

@@ -71,8 +71,10 @@ def _null_stream_ctx(*args: Any, **kwargs: Any):
 
 def _patch_torch_cuda() -> None:
     # parallel_state, DDP buffers and the schedules call current_device(), streams, events and
-    # synchronize() unconditionally. 0 is mapped to the CPU by _CudaToCpuMode.
-    torch.cuda.current_device = lambda: 0  # type: ignore[assignment]
+    # synchronize() unconditionally. current_device() answers the CPU device itself (not an
+    # ordinal for _CudaToCpuMode to map): autograd runs custom backward functions (e.g. the MoE
+    # all-to-all) outside the mode, and they allocate with `device=current_device()`.
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
     torch.cuda.set_device = lambda *a, **k: None  # type: ignore[assignment]
     torch.cuda.device_count = lambda: 0  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]

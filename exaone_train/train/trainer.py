@@ -64,6 +64,10 @@ class Trainer:
     def __init__(self, cfg: RecipeConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.model = build_model_chunks(cfg)
+        if cfg.train.init_from:
+            from exaone_train.checkpoint.dist_state import load_model_state
+
+            load_model_state(self.model, cfg.train.init_from)
         self.optimizer = build_optimizer(cfg, self.model)
         from exaone_train.optim import build_schedule
 
