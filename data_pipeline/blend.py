@@ -49,6 +49,14 @@ class BlendSchedule:
             local[pos] = before[c] + np.arange(len(pos))
         return comp, local
 
+    def counts_before(self, n: int) -> np.ndarray:
+        """Samples of each component among global indices [0, n)."""
+        k, r = divmod(int(n), self.window)
+        counts = self.cumulative(k - 1) if k > 0 else np.zeros(len(self.shares), np.int64)
+        if r:
+            counts = counts + np.bincount(self._window(k)[0][:r], minlength=len(self.shares))
+        return counts
+
     def lookup(self, index: int) -> tuple[int, int]:
         """(component, component-local sample index) of global sample `index`."""
         comp, local = self._window(index // self.window)

@@ -186,12 +186,9 @@ class StageDataset:
     def epochs(self, num_global_samples: int | None = None) -> dict[str, float]:
         """Epochs of each component read by the first `num_global_samples` (default: consumed)."""
         n = self.consumed_samples if num_global_samples is None else num_global_samples
-        totals = self.schedule.cumulative(-1 + -(-n // self.schedule.window)) if n else None
-        out = {}
-        for i, c in enumerate(self.components):
-            local = 0 if totals is None else int(totals[i])
-            out[c.name] = round(local / c.num_samples, 4)
-        return out
+        counts = self.schedule.counts_before(n)
+        return {c.name: round(int(counts[i]) / c.num_samples, 4)
+                for i, c in enumerate(self.components)}
 
     def fingerprint(self) -> str:
         """What fixes the global sequence besides the seed: blend, shards, packing."""
