@@ -49,7 +49,9 @@ class BuildConfig:
     nfc: bool = True
     append_eos: bool = True
     eos_token: str = "<eos>"  # its id is looked up in the tokenizer
-    num_workers: int = 2  # tokenizer processes; 0 = in-process (the tokenizer's own threads)
+    # Tokenizer processes; 0 = in-process, the Rust tokenizer's own threads (fastest on 2 cores:
+    # bench/RESULTS.md). Processes pay off where parsing, not tokenizing, is the bottleneck.
+    num_workers: int = 0
     batch_documents: int = 256  # documents per worker task
     shard_max_tokens: int = 1_000_000_000  # a source's shard rolls over past this many tokens
     max_bad_record_examples: int = 50  # bad records listed (with file and line) in the manifest
