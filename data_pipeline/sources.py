@@ -1,0 +1,156 @@
+"""Read documents from a source: jsonl, parquet, text files, Hugging Face `datasets`.
+
+Every format yields `Record`s (text, language, file, line) or `BadRecord`s (file, line,
+reason): a bad record is counted and reported by the build, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.config import SourceConfig, resolve_path
+from data_pipeline.tokenizer import file_sha256
+from exaone_train.errors import DataError
+
+
+@dataclass(frozen=True)
+class Record:
+    text: str
+    language: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    file: str
+    line: int
+    reason: str
+
+
+_SUFFIXES = {"jsonl": (".jsonl", ".json"), "parquet": (".parquet",), "text": (".txt", ".md"),
+             "hf_json": (".jsonl", ".json"), "hf_parquet": (".parquet",), "hf_text": (".txt",)}
+
+
+def source_files(src: SourceConfig) -> list[Path]:
+    """The files of a source, sorted: a file, a directory (files with the format's suffix,
+    recursively) or a glob. A hf_disk source is its directory's files."""
+    p = resolve_path(src.path)
+    if any(ch in src.path for ch in "*?["):
+        files = [Path(f) for f in sorted(glob.glob(str(p), recursive=True)) if Path(f).is_file()]
+    elif p.is_dir():
+        suffixes = _SUFFIXES.get(src.format)
+        files = sorted(f for f in p.rglob("*") if f.is_file()
+                       and (suffixes is None or f.name.endswith(suffixes)))
+    else:
+        files = [p] if p.is_file() else []
+    if not files:
+        raise DataError(f"source {src.name!r}: no {src.format} files at {p}")
+    return files
+
+
+def source_hash(src: SourceConfig) -> str:
+    """sha256 over the names and contents of a source's files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = resolve_path(src.path)
+    for f in source_files(src):
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        h.update(f"{rel}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _check(text: object, lang: object, src: SourceConfig, file: str, line: int) -> Record | BadRecord:
+    if text is None:
+        return BadRecord(file, line, f"missing field {src.text_field!r}")
+    if not isinstance(text, str):
+        return BadRecord(file, line, f"field {src.text_field!r} is {type(text).__name__}, not text")
+    if not text.strip():
+        return BadRecord(file, line, "empty text")
+    return Record(text, str(lang or src.language or "unknown"), file, line)
+
+
+def _jsonl(src: SourceConfig, path: Path) -> Iterator[Record | BadRecord]:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield BadRecord(str(path), line_no, f"invalid UTF-8 at byte {e.start}")
+                continue
+            except json.JSONDecodeError as e:
+                yield BadRecord(str(path), line_no, f"invalid JSON: {e.msg}")
+                continue
+            if not isinstance(obj, dict):
+                yield BadRecord(str(path), line_no, "record is not a JSON object")
+                continue
+            lang = obj.get(src.language_field) if src.language_field else None
+            yield _check(obj.get(src.text_field), lang, src, str(path), line_no)
+
+
+def _text(src: SourceConfig, path: Path) -> Iterator[Record | BadRecord]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        yield BadRecord(str(path), line, f"invalid UTF-8 at byte {e.start}")
+        return
+    yield _check(text, None, src, str(path), 1)
+
+
+def _rows(src: SourceConfig, rows: Iterator[dict], file: str) -> Iterator[Record | BadRecord]:
+    for i, row in enumerate(rows, start=1):
+        lang = row.get(src.language_field) if src.language_field else None
+        yield _check(row.get(src.text_field), lang, src, file, i)
+
+
+def _parquet(src: SourceConfig, path: Path) -> Iterator[Record | BadRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DataError(f"parquet file {path} could not be read: {e}") from None
+    if src.text_field not in table.column_names:
+        raise DataError(f"parquet file {path}: no column {src.text_field!r} "
+                        f"(columns: {table.column_names})")
+    yield from _rows(src, iter(table.to_pylist()), str(path))
+
+
+def _hf(src: SourceConfig) -> Iterator[Record | BadRecord]:
+    import datasets
+
+    path = resolve_path(src.path)
+    try:
+        if src.format == "hf_disk":
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[src.split]
+        else:
+            files = [str(f) for f in source_files(src)]
+            ds = datasets.load_dataset(src.format.removeprefix("hf_"), data_files=files,
+                                       split=src.split)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise DataError(f"source {src.name!r}: datasets could not load {path}: {e}") from None
+    if src.text_field not in ds.column_names:
+        raise DataError(f"source {src.name!r} ({path}): no column {src.text_field!r} "
+                        f"(columns: {ds.column_names})")
+    yield from _rows(src, iter(ds), str(path))
+
+
+def iter_records(src: SourceConfig) -> Iterator[Record | BadRecord]:
+    """Every document of a source, in a fixed order (files sorted, then line order)."""
+    if src.format.startswith("hf_"):
+        yield from _hf(src)
+        return
+    reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}[src.format]
+    for path in source_files(src):
+        yield from reader(src, path)

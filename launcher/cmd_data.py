@@ -1,0 +1,96 @@
+"""`exaone-train data build|generate|train-tokenizer|inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="corpus generation, tokenizer training, shard builds")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+
+    b = dsub.add_parser("build", help="tokenize a data recipe's sources into .bin/.idx shards")
+    b.add_argument("recipe", nargs="?", default="shipped_corpus",
+                   help="data recipe in recipes/data/ or a YAML path (default shipped_corpus)")
+    b.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. build.num_workers=0")
+    b.set_defaults(func=run_build)
+
+    g = dsub.add_parser("generate", help="regenerate the shipped corpus (byte-identical per seed)")
+    g.add_argument("--out", default="data/corpus")
+    g.add_argument("--seed", type=int, default=1234)
+    g.set_defaults(func=run_generate)
+
+    t = dsub.add_parser("train-tokenizer", help="train a BPE (or SuperBPE) tokenizer")
+    t.add_argument("--corpus", nargs="+", default=None, help="jsonl files (default data/corpus/*)")
+    t.add_argument("--out", default="data/tokenizer")
+    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--superbpe", action="store_true", help="second pass with superword merges")
+    t.add_argument("--superbpe-transition", type=float, default=0.8)
+    for name, default in (("pad-id", 0), ("bos-id", 1), ("eos-id", 2)):
+        t.add_argument(f"--{name}", type=int, default=default)
+    t.set_defaults(func=run_train_tokenizer)
+
+    i = dsub.add_parser("inspect", help="a stage's blend, packing and first samples")
+    i.add_argument("recipe", nargs="?", default="shipped_corpus")
+    i.add_argument("--stage", default="pretrain")
+    i.add_argument("--samples", type=int, default=2)
+    i.add_argument("overrides", nargs="*")
+    i.set_defaults(func=run_inspect)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from data_pipeline.build import build
+    from data_pipeline.recipe import load_data_recipe
+
+    recipe = load_data_recipe(args.recipe, args.overrides)
+    manifest = build(recipe.build)
+    for name, src in manifest["sources"].items():
+        state = "up to date" if src["skipped"] else "built"
+        print(f"{name:>12}: {src['documents']:>8,} docs {src['tokens']:>12,} tokens "
+              f"{src['bad_records']:>5} bad  ({state})")
+    t = manifest["totals"]
+    print(f"{'total':>12}: {t['documents']:>8,} docs {t['tokens']:>12,} tokens; languages: "
+          + ", ".join(f"{k}={v['tokens']:,}" for k, v in t["languages"].items()))
+    print(f"manifest: {recipe.build.output_dir}/manifest.json")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from data_pipeline.config import resolve_path
+    from data_pipeline.synth import generate_corpus
+
+    for name, sha in generate_corpus(resolve_path(args.out), args.seed).items():
+        print(f"{name:>18}  sha256 {sha}")
+    return 0
+
+
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    import glob
+
+    from data_pipeline.config import resolve_path
+    from data_pipeline.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    corpus = args.corpus or sorted(glob.glob(str(resolve_path("data/corpus") / "*.jsonl")))
+    cfg = TokenizerTrainConfig(vocab_size=args.vocab_size, pad_id=args.pad_id,
+                               bos_id=args.bos_id, eos_id=args.eos_id, superbpe=args.superbpe,
+                               superbpe_transition=args.superbpe_transition)
+    print(json.dumps(train_tokenizer(corpus, resolve_path(args.out), cfg), indent=2))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from data_pipeline import build_stage_dataset
+    from data_pipeline.recipe import load_data_recipe
+    from exaone_train.errors import ConfigError
+
+    recipe = load_data_recipe(args.recipe, args.overrides)
+    if args.stage not in recipe.stages:
+        raise ConfigError("--stage", args.stage, f"not in {sorted(recipe.stages)}")
+    ds = build_stage_dataset(recipe.stages[args.stage], seed=recipe.seed)
+    print(json.dumps({"num_samples": ds.num_samples, "components": ds.report()}, indent=2))
+    for i in range(args.samples):
+        s = ds[i]
+        print(f"sample {i} [{s.source}] docs={int(s.document_ids.max()) + 1} "
+              f"loss_tokens={int(s.loss_mask.sum())} tokens[:16]={s.tokens[:16].tolist()}")
+    return 0
