@@ -70,7 +70,7 @@ class ParallelConfig:
     ep: int = 1
     cp: int = 1
     sequence_parallel: bool = False  # requires tp > 1
-    expert_tp: int = 1
+    expert_tp: int | None = None  # tensor parallelism inside experts; None = same as tp
     moe_token_dispatcher: str = "alltoall"
     distributed_optimizer: bool = False
     recompute: str = "none"  # none | selective | full

@@ -61,8 +61,16 @@ def validate_model(m: ModelConfig) -> None:
 
 
 def validate_parallel(p: ParallelConfig, m: ModelConfig) -> None:
-    for name in ("tp", "pp", "ep", "cp", "expert_tp"):
+    for name in ("tp", "pp", "ep", "cp"):
         _require(getattr(p, name) >= 1, f"parallel.{name}", getattr(p, name), "must be >= 1")
+    etp = p.expert_tp if p.expert_tp is not None else p.tp
+    _require(etp >= 1, "parallel.expert_tp", p.expert_tp, "must be >= 1 (or null = parallel.tp)")
+    if m.num_experts is not None and p.ep == 1:
+        # megatron-core marks expert weights as dense params when EP=1 and reduces their grads
+        # over the dense DP group only; with expert_tp < tp the TP ranks (which route different
+        # tokens under sequence parallelism) would never sum their expert grads.
+        _require(etp == p.tp, "parallel.expert_tp", p.expert_tp,
+                 f"must equal parallel.tp={p.tp} when parallel.ep=1")
     _require(m.num_attention_heads % p.tp == 0, "parallel.tp", p.tp,
              f"does not divide model.num_attention_heads={m.num_attention_heads}")
     _require(m.num_query_groups % p.tp == 0, "parallel.tp", p.tp,
