@@ -66,7 +66,7 @@ def save_model_checkpoint(model: torch.nn.Module, cfg: RecipeConfig,
             raise CheckpointError(f"{model_dir} is not empty: refusing to overwrite a checkpoint")
     _barrier()
     dist_checkpointing.save(model.sharded_state_dict(), str(model_dir),
-                            sharded_strategy="torch_dist", async_sharded_save=False)
+                            sharded_strategy=("torch_dist", 1), async_sharded_save=False)
     write_config(cfg, ckpt_dir)
     _barrier()
     return ckpt_dir
