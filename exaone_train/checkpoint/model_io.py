@@ -55,6 +55,15 @@ def read_config(ckpt_dir: str | Path) -> RecipeConfig:
         raise CheckpointError(f"{path}: does not match the recipe schema: {e}") from None
 
 
+def sharded_model_state_dict(model: torch.nn.Module) -> dict:
+    """`model.sharded_state_dict` with the metadata every save and load of this format uses:
+    per-layer keys (`decoder.layers.N.*`, global N; needed anyway for MoE's mixed layers) and
+    the data-parallel group (an MTP stage's embedding copy needs it under PP)."""
+    metadata = {"dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True),
+                "non_homogeneous_layers": True}
+    return model.sharded_state_dict(metadata=metadata)
+
+
 def save_model_checkpoint(model: torch.nn.Module, cfg: RecipeConfig,
                           ckpt_dir: str | Path) -> Path:
     """Save `model` (this rank's part of a GPTModel) and `cfg` to `ckpt_dir` (collective)."""
@@ -65,7 +74,7 @@ def save_model_checkpoint(model: torch.nn.Module, cfg: RecipeConfig,
         if any(model_dir.iterdir()):
             raise CheckpointError(f"{model_dir} is not empty: refusing to overwrite a checkpoint")
     _barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(model_dir),
+    dist_checkpointing.save(sharded_model_state_dict(model), str(model_dir),
                             sharded_strategy=("torch_dist", 1), async_sharded_save=False)
     write_config(cfg, ckpt_dir)
     _barrier()
@@ -111,7 +120,7 @@ def load_model_checkpoint(ckpt_dir: str | Path, parallel_cfg: ParallelConfig | N
     _ensure_parallel_state(cfg)
     model = build_model(cfg.model, cfg.parallel, cfg.precision)
     try:
-        state_dict = dist_checkpointing.load(model.sharded_state_dict(), str(model_dir))
+        state_dict = dist_checkpointing.load(sharded_model_state_dict(model), str(model_dir))
     except Exception as e:  # noqa: BLE001 - megatron raises several types; name the checkpoint
         raise CheckpointError(f"{model_dir}: could not be loaded into model {cfg.model.name!r} "
                               f"with layout {cfg.parallel}: {type(e).__name__}: {e}") from e
