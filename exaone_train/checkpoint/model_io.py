@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,7 +56,7 @@ def read_config(ckpt_dir: str | Path) -> RecipeConfig:
         raise CheckpointError(f"{path}: does not match the recipe schema: {e}") from None
 
 
-def sharded_model_state_dict(model: torch.nn.Module) -> dict:
+def sharded_model_state_dict(model: Any) -> dict:
     """`model.sharded_state_dict` with the metadata every save and load of this format uses:
     per-layer keys (`decoder.layers.N.*`, global N; needed anyway for MoE's mixed layers) and
     the data-parallel group (an MTP stage's embedding copy needs it under PP)."""

@@ -15,8 +15,11 @@ from megatron.core import parallel_state
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RecipeConfig
 from exaone_train.errors import CheckpointError, ConfigError
-from exaone_train.export.hf_config import ARCHITECTURE, hf_config_to_model_config
-from exaone_train.export.hf_config import model_config_to_hf_config
+from exaone_train.export.hf_config import (
+    ARCHITECTURE,
+    hf_config_to_model_config,
+    model_config_to_hf_config,
+)
 from exaone_train.export.hf_io import read_hf_config, read_hf_tensors, write_hf_dir
 from exaone_train.export.mapping import hf_to_mcore, mcore_to_hf, weight_keys
 from exaone_train.model.layout import padded_vocab_size

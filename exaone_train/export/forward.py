@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 
 @contextlib.contextmanager
-def main_head_only(model: torch.nn.Module) -> Iterator[None]:
+def main_head_only(model: Any) -> Iterator[None]:
     """Skip the MTP block for the duration (megatron-core runs MTP whenever the model has one,
     and then needs labels); the main head's logits do not depend on it."""
     saved = (getattr(model, "mtp_process", False), model.config.mtp_num_layers)
@@ -23,7 +24,7 @@ def main_head_only(model: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def lm_logits(model: torch.nn.Module, input_ids_BS: torch.Tensor) -> torch.Tensor:
+def lm_logits(model: Any, input_ids_BS: torch.Tensor) -> torch.Tensor:
     """Logits [b, s, V_padded] of a TP=PP=1 model for positions 0..s-1."""
     b, s = input_ids_BS.shape
     position_ids_BS = torch.arange(s).unsqueeze(0).expand(b, -1)

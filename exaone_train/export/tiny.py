@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-_COMMON = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+_COMMON: dict[str, Any] = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                intermediate_size=96, max_position_embeddings=512, rms_norm_eps=1e-5,
                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
 
@@ -22,7 +22,7 @@ def kexaone_config(**overrides: Any) -> Any:
     (padded to 384), dense layer 0 then MoE (8 experts, top-2, 1 shared expert)."""
     from transformers import ExaoneMoeConfig
 
-    kw = dict(_COMMON, vocab_size=300, num_hidden_layers=5, sliding_window=4,
+    kw: dict[str, Any] = dict(_COMMON, vocab_size=300, num_hidden_layers=5, sliding_window=4,
               sliding_window_pattern=4, moe_intermediate_size=16, num_experts=8,
               num_experts_per_tok=2, num_shared_experts=1, first_k_dense_replace=1,
               routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False)
@@ -35,6 +35,7 @@ def exaone4_config(layout: str = "32b", **overrides: Any) -> Any:
     "1.2b": all global layers, RoPE everywhere (sliding_window=None), tied embeddings."""
     from transformers import Exaone4Config
 
+    kw: dict[str, Any]
     if layout == "32b":
         kw = dict(_COMMON, vocab_size=256, num_hidden_layers=4, sliding_window=4,
                   sliding_window_pattern=4, tie_word_embeddings=False)
@@ -102,7 +103,7 @@ def build_hf_model(config: Any, seed: int = 0) -> torch.nn.Module:
     return randomize_(model, seed).eval()
 
 
-def save_hf_model(model: torch.nn.Module, out_dir: str | Path, with_mtp: bool = False) -> Path:
+def save_hf_model(model: Any, out_dir: str | Path, with_mtp: bool = False) -> Path:
     """`save_pretrained` (the public on-disk names), plus `mtp.*` tensors when asked (HF's
     ExaoneMoe has no MTP module; public K-EXAONE checkpoints carry them beside the model)."""
     from safetensors.torch import load_file, save_file

@@ -15,8 +15,11 @@ import torch
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
 from exaone_train.export import tiny
-from exaone_train.export.convert import export_hf_state_dict, load_hf_state_dict
-from exaone_train.export.convert import model_config_for_hf
+from exaone_train.export.convert import (
+    export_hf_state_dict,
+    load_hf_state_dict,
+    model_config_for_hf,
+)
 from exaone_train.export.forward import lm_logits
 from exaone_train.export.hf_io import read_hf_config, read_hf_tensors
 from exaone_train.model.builder import build_model
@@ -120,8 +123,10 @@ def _hf_mtp_reference(hf, m: ModelConfig, tensors, ids: torch.Tensor,
     """MTP loss from transformers' own modules, written the way vLLM's exaone_moe_mtp.py runs
     the public block: fc(cat[norm_e(embed(x_{t+1})), norm_h(h_t)]) -> one dense full-attention
     ExaoneMoe decoder layer -> norm -> shared lm_head, predicting x_{t+2}."""
-    from transformers.models.exaone_moe.modeling_exaone_moe import (ExaoneMoeDecoderLayer,
-                                                                     ExaoneMoeRMSNorm)
+    from transformers.models.exaone_moe.modeling_exaone_moe import (
+        ExaoneMoeDecoderLayer,
+        ExaoneMoeRMSNorm,
+    )
 
     cfg = hf.config
     cfg.mlp_layer_types = list(cfg.mlp_layer_types) + ["dense"]
