@@ -58,6 +58,21 @@ def _compact_pattern(types: list[str]) -> str | None:
     return None
 
 
+def _per_layer_window(hf: Any, types: list[str], window: int | None) -> int | None:
+    """`sliding_windows` (one size per layer, 0 = global; some EXAONE configs carry it) must
+    agree with `layer_types` and hold one size: we have a single window."""
+    per_layer = _get(hf, "sliding_windows")
+    if per_layer is None:
+        return window
+    sizes = {int(w) for w in per_layer if int(w) > 0}
+    agrees = len(per_layer) == len(types) and all(
+        (int(w) > 0) == (t == SLIDING) for w, t in zip(per_layer, types))
+    if not agrees or len(sizes) > 1:
+        raise ConfigError("sliding_windows", list(per_layer),
+                          "needs one window size on the sliding layers of layer_types, 0 elsewhere")
+    return sizes.pop() if sizes else window
+
+
 def _attention_fields(hf: Any, n_layers: int) -> dict[str, Any]:
     types = list(_get(hf, "layer_types") or [])
     if len(types) != n_layers:
@@ -65,7 +80,7 @@ def _attention_fields(hf: Any, n_layers: int) -> dict[str, Any]:
     bad = sorted(set(types) - {SLIDING, FULL})
     if bad:
         raise ConfigError("layer_types", bad, f"entries must be '{SLIDING}' or '{FULL}'")
-    window = _get(hf, "sliding_window")
+    window = _per_layer_window(hf, types, _get(hf, "sliding_window"))
     if window is None and SLIDING in types:
         raise ConfigError("sliding_window", None,
                           "sliding_attention layers need a window size")
@@ -128,6 +143,10 @@ def _mtp_layers(hf: Any) -> int:
                               "our MTP block's layer is full attention (layout.mtp_layer_type)")
     if n > 1:
         raise ConfigError("num_nextn_predict_layers", n, "K-EXAONE has 0 or 1 MTP block")
+    steps = _get(hf, "mtp_num_speculative_steps")
+    if steps is not None and int(steps) > n:
+        raise ConfigError("mtp_num_speculative_steps", steps,
+                          f"repeated MTP layers are not supported (num_nextn_predict_layers={n})")
     return n
 
 

@@ -53,15 +53,40 @@ def read_hf_tensors(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _shards(tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t.contiguous()
+        size += nbytes
+    return shards
+
+
 def write_hf_dir(out_dir: str | Path, hf_config: Any, tensors: dict[str, torch.Tensor],
-                 architecture: str) -> Path:
-    """config.json (via the config object's own writer) + model.safetensors."""
+                 architecture: str, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """config.json (via the config object's own writer) + safetensors: `model.safetensors`, or
+    `model-0000i-of-0000n.safetensors` shards + `model.safetensors.index.json` past
+    `max_shard_bytes` (the layout `transformers` writes and reads)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_config.architectures = [architecture]
     hf_config.save_pretrained(str(out))
-    save_file({k: t.contiguous() for k, t in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    shards = _shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        return out
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / _INDEX).write_text(json.dumps(index, indent=2))
     return out

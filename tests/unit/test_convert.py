@@ -173,3 +173,24 @@ def test_eval_rejects_out_of_vocab_tokens(tmp_path, capsys):
     assert main(["eval", "loss", str(tmp_path / "ckpt"), "--tokens",
                  str(tmp_path / "bad.npy")]) == 2
     assert "DataError" in capsys.readouterr().err
+
+
+def test_sharded_hf_output_loads_in_transformers(tmp_path):
+    """Past the shard size, to-hf writes safetensors shards + index; transformers and our own
+    reader both load them."""
+    from transformers import AutoModelForCausalLM
+
+    from exaone_train.export.hf_io import read_hf_tensors, write_hf_dir
+
+    hf, hf_dir = _hf_dir(tmp_path, "exaone4_32b")
+    tensors = load_file(hf_dir / "model.safetensors")
+    write_hf_dir(tmp_path / "sharded", hf.config, tensors, "Exaone4ForCausalLM",
+                 max_shard_bytes=100_000)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    again = read_hf_tensors(tmp_path / "sharded")
+    assert sorted(again) == sorted(tensors)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", attn_implementation="eager")
+    ids = torch.arange(12)[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, hf(input_ids=ids).logits)

@@ -78,11 +78,20 @@ def test_mtp_follows_the_weights_present():
     (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
      "rope_parameters.rope_type"),
     (dict(attention_dropout=0.1), "attention_dropout"),
+    (dict(sliding_windows=[4, 4, 8, 0, 4]), "sliding_windows"),
+    (dict(sliding_windows=[4, 4, 4, 4, 4]), "sliding_windows"),
+    (dict(swiglu_limits=[7.0] * 5), "swiglu_limits"),
+    (dict(num_nextn_predict_layers=1, mtp_num_speculative_steps=3), "mtp_num_speculative_steps"),
 ])
 def test_unmappable_hf_fields_are_named(overrides, field):
     with pytest.raises(ConfigError) as err:
         hf_config_to_model_config(tiny.kexaone_config(**overrides))
     assert err.value.field == field
+
+
+def test_consistent_per_layer_windows_are_accepted():
+    m = hf_config_to_model_config(tiny.kexaone_config(sliding_windows=[8, 8, 8, 0, 8]))
+    assert m.sliding_window_tokens == 8
 
 
 def test_bias_in_config_json_is_refused():
