@@ -66,7 +66,7 @@ def _per_layer_window(hf: Any, types: list[str], window: int | None) -> int | No
         return window
     sizes = {int(w) for w in per_layer if int(w) > 0}
     agrees = len(per_layer) == len(types) and all(
-        (int(w) > 0) == (t == SLIDING) for w, t in zip(per_layer, types))
+        (int(w) > 0) == (t == SLIDING) for w, t in zip(per_layer, types, strict=True))
     if not agrees or len(sizes) > 1:
         raise ConfigError("sliding_windows", list(per_layer),
                           "needs one window size on the sliding layers of layer_types, 0 elsewhere")

@@ -88,6 +88,13 @@ def test_import_covers_the_hf_layouts(tmp_path):
     bias = model.state_dict()["decoder.layers.1.mlp.router.expert_bias"]
     assert torch.equal(bias, tensors["model.layers.1.mlp.e_score_correction_bias"])
     assert bias.abs().min() > 0
+    # the bias changes which experts are picked, so the parity test really checks its mapping
+    ids = _ids(m.vocab_size)
+    with torch.no_grad():
+        with_bias = hf(input_ids=ids).logits
+        for layer in hf.model.layers[1:]:
+            layer.mlp.gate.e_score_correction_bias.zero_()
+        assert (hf(input_ids=ids).logits - with_bias).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("case", ["kexaone_mtp", "exaone4_32b", "exaone4_1p2b"])
@@ -178,4 +185,5 @@ def test_mtp_loss_matches_public_layout(tmp_path):
     MTPLossLoggingHelper.tracker.clear()
     padded_vocab = model.state_dict()["output_layer.weight"].shape[0]
     ref = _hf_mtp_reference(hf, m, tensors, ids, padded_vocab).item()
+    print(f"MTP loss ours={ours:.7f} reference={ref:.7f}")
     assert abs(ours - ref) <= 1e-4 * max(1.0, abs(ref)), (ours, ref)
