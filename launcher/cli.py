@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "launcher.cmd_demo",
     "launcher.cmd_train",
     "launcher.cmd_data",
+    "launcher.cmd_convert",
+    "launcher.cmd_eval",
 ]
 
 
