@@ -17,6 +17,7 @@ from exaone_train.errors import ExaoneTrainError
 COMMAND_MODULES = [
     "launcher.cmd_model",
     "launcher.cmd_demo",
+    "launcher.cmd_plan",
 ]
 
 
