@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "launcher.cmd_model",
     "launcher.cmd_demo",
     "launcher.cmd_plan",
+    "launcher.cmd_launch",
 ]
 
 

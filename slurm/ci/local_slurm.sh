@@ -82,14 +82,24 @@ MinJobAge=600
 KillWait=10
 InactiveLimit=0
 SchedulerParameters=sched_interval=2
-NodeName=$NODE CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+GresTypes=gpu
+NodeName=$NODE CPUs=$cpus RealMemory=$mem_mb Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-  if ! cmp -s "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf" 2>/dev/null; then
-    mv "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf"
-    return 10  # changed: running daemons must restart
-  fi
-  rm -f "$CONF_DIR/slurm.conf.new"
+  # Stand-in GPU gres backed by /dev/null and /dev/zero (slurmd's gpu plugin wants device
+  # files): the sbatch scripts' --gpus-per-node requests schedule as on a GPU cluster; the
+  # jobs themselves run on CPU.
+  printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/null\nNodeName=%s Name=gpu File=/dev/zero\n' \
+    "$NODE" "$NODE" >"$CONF_DIR/gres.conf.new"
+  local changed=0 f
+  for f in slurm.conf gres.conf; do
+    if ! cmp -s "$CONF_DIR/$f.new" "$CONF_DIR/$f" 2>/dev/null; then
+      mv "$CONF_DIR/$f.new" "$CONF_DIR/$f"; changed=10
+    else
+      rm -f "$CONF_DIR/$f.new"
+    fi
+  done
+  return "$changed"  # 10: changed, running daemons must restart
 }
 
 start_munge() {
@@ -108,12 +118,13 @@ start_munge() {
 }
 
 stop_daemons() {
-  local name pidfile
+  local name pidfile pid
   for name in slurmd slurmctld; do
     pidfile=$RUN_DIR/$name.pid
-    if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-      kill "$(cat "$pidfile")"
-      for _ in $(seq 40); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.25; done
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
     rm -f "$pidfile"
   done
@@ -131,7 +142,7 @@ wait_ready() {
   while ((SECONDS < deadline)); do
     if node_ready; then return 0; fi
     # A node left DOWN/DRAIN by an earlier run comes back with an explicit resume.
-    if timeout 10 sinfo -h -n "$NODE" -o '%T' 2>/dev/null | grep -Eq 'down|drain'; then
+    if timeout 10 sinfo -h -n "$NODE" -o '%T' 2>/dev/null | grep -Eq 'down|drain|inval'; then
       scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
     fi
     sleep 1
@@ -141,8 +152,13 @@ wait_ready() {
   die "node $NODE is not idle after ${TIMEOUT_S}s"
 }
 
+conf_current() {
+  # The fast path must not keep a cluster running an older version of this script's config.
+  grep -q "^GresTypes=gpu" "$CONF_DIR/slurm.conf" 2>/dev/null
+}
+
 cmd_up() {
-  if command -v sinfo >/dev/null && node_ready; then
+  if command -v sinfo >/dev/null && node_ready && conf_current; then
     echo "local_slurm: up (node $NODE ready)"; return 0
   fi
   install_packages
