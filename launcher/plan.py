@@ -84,7 +84,7 @@ def layout(p: ParallelConfig, m: ModelConfig, world_size: int) -> dict[str, Any]
     return {
         "tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "cp": p.cp, "dp": dp,
         "ep": p.ep, "expert_tp": p.expert_tp, "expert_dp": expert_dp,
-        "experts_per_ep_rank": m.num_experts // p.ep if experts else None,
+        "experts_per_ep_rank": m.num_experts // p.ep if m.num_experts is not None else None,
         "model_parallel_size": p.tp * p.pp * p.cp,
         "sequence_parallel": p.sequence_parallel,
         "distributed_optimizer": p.distributed_optimizer,
