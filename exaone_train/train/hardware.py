@@ -1,0 +1,49 @@
+"""Dense peak throughput per GPU type, for the dry-run plan and the trainer's MFU callback.
+
+Vendor datasheet figures for dense (no 2:4 sparsity) tensor-core math, in FLOP/s per GPU.
+MFU is always reported against the bf16 peak unless the run trains in FP8 and asks otherwise:
+quoting FP8 runs against the bf16 peak is the common convention, and it keeps BF16 and FP8
+runs comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exaone_train.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    bf16_dense_flops: float  # FLOP/s per GPU
+    fp8_dense_flops: float | None  # None: no FP8 tensor cores
+    memory_gib: float  # usable HBM per GPU as the vendor states it (GB ~ GiB here, rounded)
+
+
+TFLOPS = 1e12
+
+GPU_SPECS: dict[str, GpuSpec] = {
+    "h100": GpuSpec("NVIDIA H100 SXM", 989 * TFLOPS, 1979 * TFLOPS, 80),
+    "h200": GpuSpec("NVIDIA H200 SXM", 989 * TFLOPS, 1979 * TFLOPS, 141),
+    "a100": GpuSpec("NVIDIA A100 SXM", 312 * TFLOPS, None, 80),
+    "b200": GpuSpec("NVIDIA B200", 2250 * TFLOPS, 4500 * TFLOPS, 180),
+}
+
+
+def gpu_spec(gpu_type: str) -> GpuSpec:
+    """The spec of `gpu_type` (case-insensitive key of GPU_SPECS)."""
+    key = gpu_type.lower()
+    if key not in GPU_SPECS:
+        raise ConfigError("gpu_type", gpu_type, f"must be one of {sorted(GPU_SPECS)}")
+    return GPU_SPECS[key]
+
+
+def peak_flops(gpu_type: str, fp8: bool = False) -> float:
+    """Dense peak FLOP/s of one GPU; fp8=True asks for the FP8 peak (ConfigError if none)."""
+    spec = gpu_spec(gpu_type)
+    if not fp8:
+        return spec.bf16_dense_flops
+    if spec.fp8_dense_flops is None:
+        raise ConfigError("gpu_type", gpu_type, f"{spec.name} has no FP8 tensor cores")
+    return spec.fp8_dense_flops

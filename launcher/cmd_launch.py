@@ -1,0 +1,57 @@
+"""`exaone-train launch [--nnodes N] [--nproc-per-node G] [--rdzv-endpoint H:P] [--rdzv-id ID]
+[--recipe R] [--dry-run] [overrides]`: run (or print) this node's torchrun command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("launch", help="run this node's torchrun for `train` (or print it)")
+    p.add_argument("--nnodes", type=int, default=None, help="default: $SLURM_JOB_NUM_NODES or 1")
+    p.add_argument("--nproc-per-node", default=None,
+                   help="processes per node: int|auto|gpu|cpu (default: $EXAONE_GPUS_PER_NODE, "
+                        "$SLURM_GPUS_ON_NODE, else auto)")
+    p.add_argument("--rdzv-endpoint", default=None,
+                   help="HOST:PORT of the c10d rendezvous (default: $MASTER_ADDR:$MASTER_PORT)")
+    p.add_argument("--rdzv-id", default=None, help="default: $SLURM_JOB_ID")
+    p.add_argument("--recipe", default=None, help="top-level recipe passed to train")
+    p.add_argument("--train-cmd", default=None,
+                   help="command replacing `python -m launcher train` (default: "
+                        "$EXAONE_TRAIN_CMD); --recipe and overrides are appended")
+    p.add_argument("--max-restarts", type=int, default=0, help="torchrun in-job restarts")
+    p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the plan check (world size vs layout) before starting")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides passed to train")
+    p.set_defaults(func=run_launch)
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    from launcher.launch import ignore_sigusr1
+
+    ignore_sigusr1()  # first: Slurm's warning may come while we still import torch
+    from launcher.launch import format_command, run_torchrun, spec_from_env, torchrun_argv
+
+    spec = spec_from_env(nnodes=args.nnodes, nproc_per_node=args.nproc_per_node,
+                         rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+                         recipe=args.recipe, overrides=args.overrides,
+                         train_cmd=args.train_cmd, max_restarts=args.max_restarts)
+    argv = torchrun_argv(spec)
+    if not spec.train_cmd and not args.no_check and isinstance(spec.nproc_per_node, int):
+        check_plan(spec.recipe or "tiny_cpu", spec.overrides, spec.nnodes * spec.nproc_per_node)
+    if args.dry_run:
+        print(format_command(argv))
+        return 0
+    print(f"exaone-train launch [{os.uname().nodename}]: {format_command(argv)}",
+          file=sys.stderr, flush=True)
+    return run_torchrun(argv)
+
+
+def check_plan(recipe: str, overrides: list[str], world_size: int) -> None:
+    """Fail before the rendezvous when the layout cannot run on this world size."""
+    from launcher.plan import load_for_plan, make_plan
+
+    make_plan(load_for_plan(recipe, overrides), world_size)

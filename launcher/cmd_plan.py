@@ -1,0 +1,74 @@
+"""`exaone-train plan [--recipe R] [--nodes N] [--gpus-per-node G] [--gpu-type T] [--json]
+[overrides]`: the dry-run plan (layout, memory, time) of a recipe on N x G GPUs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from exaone_train.train.hardware import GPU_SPECS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="dry-run plan: layout, memory per GPU, step time")
+    p.add_argument("--recipe", default="tiny_cpu", help="top-level recipe (default tiny_cpu)")
+    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--gpu-type", default="h100", choices=sorted(GPU_SPECS))
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 8192)")
+    p.add_argument("--micro-batch", type=int, default=None, help="samples per micro-batch")
+    p.add_argument("--global-batch", type=int, default=None, help="samples per step")
+    p.add_argument("--mfu", type=float, default=None, help="assumed MFU for the step time")
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (plan.json)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. parallel.tp=4")
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from launcher.plan import DEFAULT_MFU, load_for_plan, make_plan
+
+    cfg = load_for_plan(args.recipe, args.overrides)
+    plan = make_plan(cfg, args.nodes * args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+                     gpu_type=args.gpu_type, seq_len_tokens=args.seq_len,
+                     micro_batch_samples=args.micro_batch,
+                     global_batch_samples=args.global_batch,
+                     mfu=args.mfu or DEFAULT_MFU, optimizer=args.optimizer)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """A page a person reads before submitting."""
+    w, par, mem, act, c = (plan["world"], plan["parallel"], plan["memory"],
+                           plan["memory"]["activations"], plan["compute"])
+    b, pipe = plan["batch"], plan["pipeline"]
+    static = mem["static_per_gpu_gib"]
+    lines = [
+        f"plan: {plan['model']} on {w['nodes']} x {w['gpus_per_node']} {w['gpu_name']} "
+        f"(world {w['world_size']})",
+        f"  layout      TP {par['tp']}  PP {par['pp']}  VPP {par['virtual_pp'] or '-'}  "
+        f"CP {par['cp']}  DP {par['dp']}  |  EP {par['ep']}  ExpertTP {par['expert_tp']}  "
+        f"ExpertDP {par['expert_dp'] or '-'}  ({par['experts_per_ep_rank'] or '-'} experts/rank)",
+        f"  pipeline    {pipe['layers_per_stage']} layers per stage, "
+        f"{pipe['layers_per_virtual_stage']} per virtual stage",
+        f"  batch       seq {b['seq_len_tokens']}, micro {b['micro_batch_samples']}, global "
+        f"{b['global_batch_samples']} samples ({b['tokens_per_step']:,} tokens, "
+        f"{b['num_microbatches']} micro-batches per DP rank)",
+        f"  params/GPU  {max(s['params'] for s in pipe['stages']):,} on the largest stage",
+        f"  static/GPU  (stage {mem['worst_stage']}, the fullest) "
+        f"{static['replicated']:.1f} GiB replicated optimizer, "
+        f"{static['distributed']:.1f} GiB distributed optimizer "
+        f"({mem['precision']} params, fp32 grads+master, {mem['optimizer']} state)",
+        f"  activations {act['per_layer_per_microbatch_gib']:.3f} GiB per layer per micro-batch; "
+        f"peak {act['peak_gib']:.1f} GiB (recompute={par['recompute']}, "
+        f"{act['in_flight_microbatches_first_stage']:.1f} micro-batches in flight on stage 0)",
+        f"  total/GPU   {mem['total_per_gpu_gib']:.1f} GiB of {w['gpu_memory_gib']} "
+        f"({'fits' if mem['fits'] else 'DOES NOT FIT'})",
+        f"  compute     {c['training_flops_per_token']:.3e} FLOPs/token; at MFU "
+        f"{c['assumed_mfu']:.0%} of {c['peak_flops_per_gpu'] / 1e12:.0f} TFLOP/s: "
+        f"{c['step_time_s']:.2f} s/step, {c['tokens_per_s']:,.0f} tokens/s",
+    ]
+    lines += [f"  warning     {x}" for x in plan["warnings"]]
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""Dry-run plan of a run: layout, memory and time, from the recipe alone (no model is built, so
+the 236B plan runs on a login node). `exaone-train plan` prints it; the trainer writes the same
+dict as `plan.json` next to its checkpoints (`make_plan(cfg, world_size)`).
+
+Layout follows megatron-core 0.16 `initialize_model_parallel` (default order tp-cp-ep-dp-pp):
+  DP = world / (TP*PP*CP); experts are laid out within each pipeline stage's DP*CP*TP ranks as
+  ExpertTP x EP x ExpertDP, so EP*ExpertTP must divide DP*CP*TP and
+  ExpertDP = world / (ExpertTP*EP*PP).
+
+Memory per GPU (bytes per parameter; "d" = the group the distributed optimizer shards over:
+DP*CP for dense parameters, ExpertDP for expert parameters):
+  bf16 params 2 + fp32 main grads 4 + fp32 master 4 + optimizer state (AdamW 8, Muon 4)
+  without the distributed optimizer: 2 + 4 + 4 + state          (18 for AdamW, 14 for Muon)
+  with it:                           2 + 4 + (4 + state) / d    (Megatron's "6 + 12/d")
+  fp32 recipes keep no separate master copy: 4 + 4 + state (/d).
+Muon updates the 2-D hidden matrices (attention, MLP, experts, router, MTP projection); the
+embedding, LM head and norms use AdamW.
+
+Activations: see `activation_formula()` (printed in the plan).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any
+
+from exaone_train.config.schema import ModelConfig, ParallelConfig, RecipeConfig
+from exaone_train.errors import ConfigError
+from exaone_train.model.counts import (
+    attention_params,
+    dense_ffn_params,
+    expert_params,
+    shared_expert_params,
+    training_flops_per_token,
+)
+from exaone_train.model.layout import moe_layers, padded_vocab_size
+from exaone_train.train.hardware import gpu_spec, peak_flops
+
+GIB = 1024**3
+DEFAULT_MFU = 0.4
+DEFAULT_SEQ_LEN_TOKENS = 8192
+DEFAULT_GLOBAL_BATCH_TOKENS = 8 * 1024 * 1024  # assumed when neither recipe nor caller gives one
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "muon": 4}  # fp32 exp_avg + exp_avg_sq | fp32 momentum
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+
+def check_layout(p: ParallelConfig, m: ModelConfig, world_size: int, seq_len_tokens: int) -> None:
+    """Rules megatron-core enforces at start-up, raised here as ConfigError before submission."""
+    model_size = p.tp * p.pp * p.cp
+    if world_size < 1 or world_size % model_size:
+        raise ConfigError("world_size", world_size,
+                          f"not divisible by parallel.tp*pp*cp = {p.tp}*{p.pp}*{p.cp} = {model_size}")
+    dp = world_size // model_size
+    expert_group = p.ep * p.expert_tp
+    if m.num_experts is not None and (dp * p.cp * p.tp) % expert_group:
+        raise ConfigError(
+            "parallel.ep", p.ep,
+            f"ep*expert_tp = {p.ep}*{p.expert_tp} = {expert_group} must divide "
+            f"DP*CP*TP = {dp}*{p.cp}*{p.tp} = {dp * p.cp * p.tp} (megatron-core lays experts out "
+            f"within each pipeline stage's data*context*tensor ranks; world_size={world_size})")
+    if m.num_experts is not None and (m.moe_ffn_hidden_size or 0) % p.expert_tp:
+        raise ConfigError("parallel.expert_tp", p.expert_tp,
+                          f"does not divide model.moe_ffn_hidden_size={m.moe_ffn_hidden_size}")
+    if m.num_experts is not None and p.tp > 1 and not p.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel", p.sequence_parallel,
+                          "megatron-core refuses to train MoE with parallel.tp > 1 without "
+                          "sequence parallelism")
+    if p.cp > 1 and seq_len_tokens % (2 * p.cp):
+        raise ConfigError("seq_len_tokens", seq_len_tokens,
+                          f"context parallelism splits a sequence into 2*cp={2 * p.cp} chunks")
+    if p.sequence_parallel and (seq_len_tokens // p.cp) % p.tp:
+        raise ConfigError("seq_len_tokens", seq_len_tokens,
+                          f"sequence parallelism needs seq_len/cp divisible by parallel.tp={p.tp}")
+
+
+def layout(p: ParallelConfig, m: ModelConfig, world_size: int) -> dict[str, Any]:
+    dp = world_size // (p.tp * p.pp * p.cp)
+    experts = m.num_experts is not None
+    expert_dp = world_size // (p.expert_tp * p.ep * p.pp) if experts else None
+    return {
+        "tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "cp": p.cp, "dp": dp,
+        "ep": p.ep, "expert_tp": p.expert_tp, "expert_dp": expert_dp,
+        "experts_per_ep_rank": m.num_experts // p.ep if m.num_experts is not None else None,
+        "model_parallel_size": p.tp * p.pp * p.cp,
+        "sequence_parallel": p.sequence_parallel,
+        "distributed_optimizer": p.distributed_optimizer,
+        "recompute": p.recompute,
+    }
+
+
+def pipeline_stages(p: ParallelConfig, m: ModelConfig) -> list[dict[str, Any]]:
+    """Decoder layers held by each pipeline rank (megatron-core's uniform split; with virtual
+    stages rank r holds chunks r, r+PP, r+2PP, ...). Embedding on the first rank; final norm,
+    LM head and the MTP block on the last."""
+    vpp = p.virtual_pp or 1
+    per_chunk = m.num_layers // (p.pp * vpp)
+    stages = []
+    for rank in range(p.pp):
+        chunks = [[per_chunk * (v * p.pp + rank), per_chunk * (v * p.pp + rank + 1)]
+                  for v in range(vpp)]
+        stages.append({"stage": rank, "layer_ranges": chunks,
+                       "num_layers": per_chunk * vpp,
+                       "embedding": rank == 0, "lm_head": rank == p.pp - 1,
+                       "mtp": rank == p.pp - 1 and m.mtp_num_layers > 0})
+    return stages
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters per GPU
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_split(m: ModelConfig, is_moe: bool, tp: int, ep: int, expert_tp: int) -> dict[str, float]:
+    """Parameters of one decoder layer on one GPU, by optimizer group."""
+    h, norms = m.hidden_size, 2 * m.hidden_size + (2 * m.head_dim if m.qk_norm else 0)
+    matrices = attention_params(m) - (2 * m.head_dim if m.qk_norm else 0)
+    if is_moe:
+        matrices += shared_expert_params(m)
+        router = h * (m.num_experts or 0)  # replicated across TP
+        experts = (m.num_experts or 0) * expert_params(m) / (ep * expert_tp)
+        return {"dense_muon": matrices / tp + router, "adamw": norms, "expert_muon": experts}
+    return {"dense_muon": (matrices + dense_ffn_params(m)) / tp, "adamw": norms, "expert_muon": 0.0}
+
+
+def _stage_params(m: ModelConfig, p: ParallelConfig, stage: dict[str, Any]) -> dict[str, float]:
+    moe = moe_layers(m)
+    out = {"dense_muon": 0.0, "adamw": 0.0, "expert_muon": 0.0}
+    for start, end in stage["layer_ranges"]:
+        for i in range(start, end):
+            for k, v in _layer_split(m, moe[i], p.tp, p.ep, p.expert_tp).items():
+                out[k] += v
+    vocab_shard = padded_vocab_size(m, p.tp) * m.hidden_size / p.tp
+    if stage["embedding"]:
+        out["adamw"] += vocab_shard
+    if stage["lm_head"]:
+        # Tied embeddings: megatron-core keeps a copy of the word embeddings on the last stage.
+        out["adamw"] += vocab_shard + m.hidden_size
+    if stage["mtp"]:
+        h = m.hidden_size
+        dense = _layer_split(m, False, p.tp, p.ep, p.expert_tp)
+        out["dense_muon"] += m.mtp_num_layers * (2 * h * h / p.tp + dense["dense_muon"])
+        out["adamw"] += m.mtp_num_layers * (3 * h + dense["adamw"])  # enorm, hnorm, final norm
+    return out
+
+
+def optimizer_name(cfg: RecipeConfig, optimizer: str | None) -> str:
+    """Explicit argument, else the recipe's optimizer if it names one, else Muon (K-EXAONE)."""
+    optim = getattr(cfg, "optim", None)
+    name = optimizer or next((getattr(optim, k) for k in ("name", "optimizer", "type")
+                              if isinstance(getattr(optim, k, None), str)), "muon")
+    name = {"adam": "adamw"}.get(name.lower(), name.lower())
+    if name not in OPTIMIZER_STATE_BYTES:
+        raise ConfigError("optim.name", name, f"plan knows {sorted(OPTIMIZER_STATE_BYTES)}")
+    return name
+
+
+def static_memory(params: dict[str, float], lay: dict[str, Any], dtype: str, optim: str,
+                  distributed: bool) -> dict[str, float]:
+    """Bytes on one GPU for params + grads + master + optimizer state (formula: module doc)."""
+    param_b, master_b = (4, 0) if dtype == "fp32" else (2, 4)
+    dense_d = lay["dp"] * lay["cp"] if distributed else 1
+    expert_d = (lay["expert_dp"] or 1) if distributed else 1
+    muon_state = OPTIMIZER_STATE_BYTES[optim]
+    groups = [("dense_muon", muon_state, dense_d), ("adamw", 8, dense_d),
+              ("expert_muon", muon_state, expert_d)]
+    n = sum(params.values())
+    sharded = sum(params[g] * (master_b + state) / d for g, state, d in groups)
+    return {"params_bytes": n * param_b, "grads_bytes": n * 4,
+            "master_and_optimizer_bytes": sharded,
+            "total_bytes": n * (param_b + 4) + sharded}
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+
+def activation_formula() -> str:
+    return (
+        "per layer, per micro-batch, per GPU, bytes = e * (s/CP) * b * X / TP  "
+        "(e = 2 bf16 | 4 fp32; norm terms are divided by TP only with sequence parallelism). "
+        "recompute=none|selective: X = attention [2h + 2(a+2g)d + ad] (norm in, QKV in, "
+        "Q/K/V before and after QK-norm+RoPE, core-attention out) + dense MLP [2h + 3f] or "
+        "MoE [2h + k(h + 3f_e) + 3f_s] (norm in, router/fc1 in, per routed copy: permuted "
+        "input, gate/up, SwiGLU out; shared expert); without flash attention "
+        "(transformer_impl=local) recompute=none also stores 2*e*a*s^2*b/(CP^2*TP) of scores "
+        "and probabilities, which selective recompute (core_attn) drops; with Transformer "
+        "Engine's flash attention selective == none. recompute=full: X = h (layer input only) "
+        "plus one layer's recompute working set per stage. Peak on pipeline rank 0 = "
+        "layers_per_stage * per-layer * in-flight micro-batches, in-flight = PP (1F1B) or "
+        "PP*(1 + (PP-1)/(PP*VPP)) (interleaved), at most the number of micro-batches; rank r "
+        "holds PP-r in 1F1B; the last rank adds fp32 logits 4*(s/CP)*b*V/TP per output head "
+        "(LM head + MTP). Per-GPU total = max over ranks of static + activations.")
+
+
+def _layer_activation_elems(m: ModelConfig, is_moe: bool, sp: bool, tp: int) -> float:
+    """X / TP of activation_formula(), per token."""
+    h, a, g, d = m.hidden_size, m.num_attention_heads, m.num_query_groups, m.head_dim
+    norm = (2 * h) / (tp if sp else 1)
+    attn = (2 * (a + 2 * g) * d + a * d) / tp
+    if is_moe:
+        mlp = (m.moe_top_k * (h + 3 * (m.moe_ffn_hidden_size or 0))
+               + 3 * (m.moe_shared_expert_ffn_hidden_size or 0)) / tp
+    else:
+        mlp = 3 * m.ffn_hidden_size / tp
+    return 2 * norm + attn + mlp
+
+
+def in_flight_microbatches(p: ParallelConfig, stage: int, num_microbatches: int) -> float:
+    """Micro-batches whose activations pipeline rank `stage` holds at its peak, in units of
+    the whole stage. 1F1B: PP - stage. Interleaved (megatron-core's warm-up): (PP-stage-1)*2 +
+    (VPP-1)*PP + 1 chunks of L/(PP*VPP) layers, i.e. PP*(1 + (PP-1)/(PP*VPP)) on rank 0."""
+    if p.virtual_pp is None:
+        return float(min(p.pp - stage, num_microbatches))
+    chunks = (p.pp - stage - 1) * 2 + (p.virtual_pp - 1) * p.pp + 1
+    return min(chunks, num_microbatches * p.virtual_pp) / p.virtual_pp
+
+
+def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
+                           micro_batch_samples: int) -> list[float]:
+    """Bytes one micro-batch leaves stored per decoder layer on one GPU (activation_formula)."""
+    m, p = cfg.model, cfg.parallel
+    e = 4 if cfg.precision.dtype == "fp32" else 2
+    s, b = seq_len_tokens / p.cp, micro_batch_samples
+    if p.recompute == "full":
+        return [e * s * b * m.hidden_size / (p.tp if p.sequence_parallel else 1)] * m.num_layers
+    flash = cfg.precision.transformer_impl != "local"
+    scores = 0.0 if flash or p.recompute != "none" else (
+        2 * e * m.num_attention_heads * s * s * b / p.tp)
+    return [e * s * b * _layer_activation_elems(m, moe, p.sequence_parallel, p.tp) + scores
+            for moe in moe_layers(m)]
+
+
+def activation_memory(cfg: RecipeConfig, stages: list[dict[str, Any]], seq_len_tokens: int,
+                      micro_batch_samples: int, num_microbatches: int) -> dict[str, Any]:
+    """Peak activation bytes per pipeline rank; sets `stage["activation_gib"]`."""
+    m, p = cfg.model, cfg.parallel
+    per_layer = layer_activation_bytes(cfg, seq_len_tokens, micro_batch_samples)
+    # Full recompute re-materialises one layer at a time in backward: add that working set.
+    working = 0.0
+    if p.recompute == "full":
+        full = RecipeConfig(model=m, parallel=ParallelConfig(**{**vars(p), "recompute": "none"}),
+                            precision=cfg.precision)
+        working = max(layer_activation_bytes(full, seq_len_tokens, micro_batch_samples))
+    s, b = seq_len_tokens / p.cp, micro_batch_samples
+    logits = 4 * s * b * padded_vocab_size(m, p.tp) / p.tp * (1 + m.mtp_num_layers)
+    for st in stages:
+        held = sum(per_layer[i] for a, z in st["layer_ranges"] for i in range(a, z))
+        flight = in_flight_microbatches(p, st["stage"], num_microbatches)
+        peak = held * flight + working + (logits if st["lm_head"] else 0.0)
+        st["activation_gib"] = peak / GIB
+        st["in_flight_microbatches"] = flight
+    return {
+        "formula": activation_formula(),
+        "flash_attention_assumed": cfg.precision.transformer_impl != "local",
+        "per_layer_per_microbatch_gib": max(per_layer) / GIB,
+        "logits_gib": logits / GIB,
+        "peak_gib": max(st["activation_gib"] for st in stages),
+        "in_flight_microbatches_first_stage": stages[0]["in_flight_microbatches"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------
+
+
+def _recipe_value(cfg: RecipeConfig, *paths: str) -> Any:
+    for path in paths:
+        node: Any = cfg
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if node is not None:
+            return node
+    return None
+
+
+def _batch(cfg: RecipeConfig, dp: int, seq_len: int, micro: int, global_batch: int | None) -> int:
+    gb = global_batch or _recipe_value(cfg, "train.global_batch_samples")
+    if gb is None:  # assumed: the smallest multiple of DP*micro reaching ~8M tokens
+        per = dp * micro
+        return per * max(1, math.ceil(DEFAULT_GLOBAL_BATCH_TOKENS / seq_len / per))
+    if gb % (dp * micro):
+        raise ConfigError("train.global_batch_samples", gb,
+                          f"must be a multiple of DP*micro_batch = {dp}*{micro} = {dp * micro}")
+    return int(gb)
+
+
+def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None = None,
+              gpu_type: str = "h100", seq_len_tokens: int | None = None,
+              micro_batch_samples: int | None = None, global_batch_samples: int | None = None,
+              mfu: float = DEFAULT_MFU, optimizer: str | None = None) -> dict[str, Any]:
+    """The dry-run plan of `cfg` on `world_size` GPUs: a JSON-ready dict (plan.json)."""
+    m, p = cfg.model, cfg.parallel
+    seq = int(seq_len_tokens or _recipe_value(cfg, "train.seq_len_tokens", "data.seq_len_tokens")
+              or min(DEFAULT_SEQ_LEN_TOKENS, m.max_position_embeddings))
+    micro = int(micro_batch_samples or _recipe_value(cfg, "train.micro_batch_samples") or 1)
+    gpn = gpus_per_node or world_size
+    if world_size % gpn:
+        raise ConfigError("gpus_per_node", gpn, f"does not divide world_size={world_size}")
+    if not 0 < mfu <= 1:
+        raise ConfigError("mfu", mfu, "must be in (0, 1]")
+    check_layout(p, m, world_size, seq)
+    spec = gpu_spec(gpu_type)
+    lay = layout(p, m, world_size)
+    gb = _batch(cfg, lay["dp"], seq, micro, global_batch_samples)
+    optim = optimizer_name(cfg, optimizer)
+    stages = pipeline_stages(p, m)
+    for st in stages:
+        params = _stage_params(m, p, st)
+        st["params"] = int(sum(params.values()))
+        st["expert_params"] = int(params["expert_muon"])
+        mem = {k: static_memory(params, lay, cfg.precision.dtype, optim, k == "distributed")
+               for k in ("replicated", "distributed")}
+        st["static_gib"] = {k: v["total_bytes"] / GIB for k, v in mem.items()}
+        st["static_breakdown_gib"] = {
+            k: v / GIB for k, v in mem["distributed" if p.distributed_optimizer else
+                                       "replicated"].items()}
+    acts = activation_memory(cfg, stages, seq, micro, gb // (lay["dp"] * micro))
+    chosen = "distributed" if p.distributed_optimizer else "replicated"
+    for st in stages:
+        st["total_gib"] = st["static_gib"][chosen] + st["activation_gib"]
+    worst = max(stages, key=lambda st: st["total_gib"])
+    flops_tok = training_flops_per_token(m, seq)
+    tokens_step = gb * seq
+    peak = peak_flops(gpu_type)
+    step_s = flops_tok * tokens_step / (world_size * peak * mfu)
+    total_gib = worst["total_gib"]
+    return {
+        "model": m.name,
+        "world": {"world_size": world_size, "nodes": world_size // gpn, "gpus_per_node": gpn,
+                  "gpu_type": gpu_type.lower(), "gpu_name": spec.name,
+                  "gpu_memory_gib": spec.memory_gib},
+        "parallel": lay,
+        "pipeline": {"layers_per_stage": m.num_layers // p.pp,
+                     "layers_per_virtual_stage": m.num_layers // (p.pp * (p.virtual_pp or 1)),
+                     "stages": stages},
+        "batch": {"seq_len_tokens": seq, "micro_batch_samples": micro,
+                  "global_batch_samples": gb, "tokens_per_step": tokens_step,
+                  "num_microbatches": gb // (lay["dp"] * micro)},
+        "memory": {
+            "precision": cfg.precision.dtype, "fp8": cfg.precision.fp8, "optimizer": optim,
+            "worst_stage": worst["stage"],
+            "static_per_gpu_gib": worst["static_gib"],
+            "static_breakdown_gib": worst["static_breakdown_gib"],
+            "activations": acts,
+            "total_per_gpu_gib": total_gib,
+            "fits": total_gib < spec.memory_gib * 0.9,
+        },
+        "compute": {"training_flops_per_token": flops_tok, "peak_flops_per_gpu": peak,
+                    "peak_basis": "bf16 dense", "assumed_mfu": mfu,
+                    "step_time_s": step_s, "tokens_per_s": tokens_step / step_s,
+                    "tokens_per_s_per_gpu": tokens_step / step_s / world_size},
+        "warnings": _warnings(cfg, lay, gpn, total_gib, spec.memory_gib),
+    }
+
+
+def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float,
+              memory_gib: float) -> list[str]:
+    out = []
+    if lay["tp"] > gpn:
+        out.append(f"parallel.tp={lay['tp']} spans nodes (gpus_per_node={gpn}): TP traffic "
+                   "would cross the network")
+    if lay["tp"] * lay["cp"] > gpn and lay["cp"] > 1:
+        out.append("tp*cp spans nodes: context-parallel ring traffic crosses the network")
+    if total_gib >= memory_gib * 0.9:
+        out.append(f"estimated {total_gib:.1f} GiB per GPU exceeds 90% of {memory_gib} GiB")
+    if cfg.precision.fp8 and importlib.util.find_spec("transformer_engine") is None:
+        out.append(f"precision.fp8={cfg.precision.fp8} needs Transformer Engine on the compute "
+                   "nodes (not installed here; the trainer checks again at start)")
+    return out
+
+
+def load_for_plan(recipe: str, overrides: list[str]) -> RecipeConfig:
+    """Compose and validate like `load_recipe`, except that a missing Transformer Engine is not
+    an error on a login node (the plan warns; the trainer's own validate() still refuses)."""
+    from exaone_train.config.load import compose_recipe, to_object
+    from exaone_train.config.validate import validate_model, validate_parallel, validate_precision
+
+    cfg = to_object(compose_recipe(recipe, overrides))
+    validate_model(cfg.model)
+    validate_parallel(cfg.parallel, cfg.model)
+    try:
+        validate_precision(cfg.precision)
+    except ConfigError as e:
+        te_missing = importlib.util.find_spec("transformer_engine") is None
+        if not (te_missing and "Transformer Engine" in e.rule):
+            raise
+    return cfg

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Generic exaone-train batch script: resources and environment only; everything after the
+# script name is passed through as Hydra overrides to `exaone-train train`.
+#
+#   sbatch slurm/train.sh run.dir=/lustre/me/run1 parallel.tp=4          # recipe: $EXAONE_RECIPE
+#   sbatch --nodes=16 slurm/pretrain_kexaone.sh run.dir=/lustre/me/k236  # headline recipe
+#
+# What happens: srun starts one `exaone-train launch` per node; each runs torchrun
+# (--nproc-per-node = GPUs on the node, c10d rendezvous on the first node of the job) and
+# `exaone-train train --recipe $EXAONE_RECIPE <overrides>` in every rank. Slurm sends USR1 to
+# this shell 300 s before the time limit; it is forwarded to the job step, the trainer saves a
+# checkpoint and exits 3, and this script requeues the job (`scontrol requeue`). The requeued
+# job runs the same command and the trainer resumes from run.dir. Other failures are not
+# requeued. `--open-mode=append` keeps one log across requeues.
+#
+# Environment knobs (export before sbatch; sbatch exports the submitting environment):
+#   EXAONE_RECIPE        top-level recipe (train.sh: tiny_cpu; pretrain_kexaone.sh: kexaone_236b)
+#   EXAONE_VENV          virtualenv to activate (default: <repo>/.venv)
+#   EXAONE_TRAIN_ROOT    repo checkout to run (default: the one this script was submitted from)
+#   EXAONE_GPUS_PER_NODE processes per node (default: $SLURM_GPUS_ON_NODE)
+#   EXAONE_MAX_REQUEUES  stop requeueing after this many restarts (default 100)
+#   EXAONE_SRUN_ARGS     extra srun arguments (word-split), e.g. "--cpu-bind=none"
+#   EXAONE_ENV_FILE      file sourced before launch (site modules, NCCL_IB_HCA, ...)
+#   EXAONE_TRAIN_CMD     command replacing `python -m launcher train` (tests, debugging)
+#   MASTER_PORT          rendezvous port (default: 20000 + job id mod 20000)
+# Set here unless already set:
+#   CUDA_DEVICE_MAX_CONNECTIONS=1  megatron-core's TP/SP communication overlap needs in-order
+#                                  kernel launch
+#   NCCL_DEBUG=WARN, TORCH_NCCL_AVOID_RECORD_STREAMS=1, PYTHONUNBUFFERED=1
+# Site-specific, left to EXAONE_ENV_FILE: NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_GID_INDEX,
+# NCCL_NET_GDR_LEVEL, FI_PROVIDER (EFA), UCX_NET_DEVICES.
+#
+#SBATCH --job-name=exaone-train
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+
+readonly REQUEUE_EXIT_CODE=3  # the trainer: "checkpoint saved after SIGUSR1/SIGTERM, requeue me"
+
+log() { echo "[train.sh $(date +%FT%T) job ${SLURM_JOB_ID:-none}] $*"; }
+die() { log "error: $*" >&2; exit 1; }
+
+repo_root() {
+  # sbatch runs a spooled copy of this script, so $0 does not point into the repo.
+  if [[ -n ${EXAONE_TRAIN_ROOT:-} ]]; then echo "$EXAONE_TRAIN_ROOT"; return; fi
+  local script
+  script=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  if [[ -n $script && -f $script ]]; then
+    cd "$(dirname "$script")/.." && pwd
+  else
+    echo "${SLURM_SUBMIT_DIR:-$PWD}"
+  fi
+}
+
+setup_env() {
+  ROOT=$(repo_root)
+  [[ -d $ROOT/launcher ]] || die "no exaone-train checkout at $ROOT (set EXAONE_TRAIN_ROOT)"
+  local venv=${EXAONE_VENV:-$ROOT/.venv}
+  [[ -x $venv/bin/python ]] || die "no virtualenv at $venv (set EXAONE_VENV; see README install)"
+  # shellcheck disable=SC1091
+  source "$venv/bin/activate"
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  if [[ -n ${EXAONE_ENV_FILE:-} ]]; then
+    # shellcheck disable=SC1090
+    source "$EXAONE_ENV_FILE"
+  fi
+  export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+  export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
+  export PYTHONUNBUFFERED=1
+  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+}
+
+# shellcheck disable=SC2317  # invoked by trap
+forward() {
+  # Pass a signal on to the job step: srun relays it to every node's launcher, which relays
+  # it to the trainer ranks.
+  log "got SIG$1: forwarding to the job step"
+  if [[ -n ${SRUN_PID:-} ]]; then kill -s "$1" "$SRUN_PID" 2>/dev/null || true; fi
+}
+
+run_step() {
+  local recipe=${EXAONE_RECIPE:-tiny_cpu} srun_args=()
+  read -r -a srun_args <<<"${EXAONE_SRUN_ARGS:-}"
+  # srun no longer inherits --cpus-per-task from sbatch (Slurm >= 22.05): pass it on.
+  if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then srun_args+=("--cpus-per-task=$SLURM_CPUS_PER_TASK"); fi
+  log "nodes=$SLURM_JOB_NUM_NODES master=$MASTER_ADDR:$MASTER_PORT recipe=$recipe" \
+      "restart=${SLURM_RESTART_COUNT:-0} overrides: $*"
+  srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
+    "${srun_args[@]}" \
+    python -m launcher launch --nnodes "$SLURM_JOB_NUM_NODES" \
+      --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$SLURM_JOB_ID" \
+      --recipe "$recipe" "$@" &
+  SRUN_PID=$!
+  # `wait` returns early when a trapped signal arrives: wait again until srun is gone, then
+  # read its status (bash keeps the status of a reaped background job).
+  while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done
+  STEP_RC=0
+  wait "$SRUN_PID" || STEP_RC=$?
+}
+
+main() {
+  [[ -n ${SLURM_JOB_ID:-} ]] || die "run me with sbatch (SLURM_JOB_ID is not set)"
+  setup_env
+  trap 'forward USR1' USR1
+  trap 'forward TERM' TERM
+  run_step "$@"
+  local restarts=${SLURM_RESTART_COUNT:-0} max=${EXAONE_MAX_REQUEUES:-100}
+  if [[ $STEP_RC -eq $REQUEUE_EXIT_CODE ]]; then
+    if ((restarts >= max)); then
+      die "trainer asked for a requeue but the job already restarted $restarts times" \
+          "(EXAONE_MAX_REQUEUES=$max)"
+    fi
+    log "trainer saved a checkpoint and asked for a requeue (exit $STEP_RC): requeueing"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  log "job step finished with status $STEP_RC"
+  exit "$STEP_RC"
+}
+
+main "$@"

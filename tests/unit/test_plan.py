@@ -1,0 +1,146 @@
+"""The dry-run plan: layout, per-GPU memory and time for K-EXAONE 236B on 64 H100 (the public
+reference layout TP4 PP8 EP8), checked against numbers worked out by hand from MODELS.md, and
+the layout errors a user must see before submitting a job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exaone_train.errors import ConfigError
+from exaone_train.model.counts import training_flops_per_token
+from exaone_train.train.hardware import GPU_SPECS, peak_flops
+from launcher.cli import main
+from launcher.plan import GIB, load_for_plan, make_plan
+
+H, HEADS, KV, D, E, FE, V = 6144, 64, 8, 128, 128, 2048, 153600  # MODELS.md
+
+
+@pytest.fixture(scope="module")
+def kexaone():
+    return load_for_plan("kexaone_236b", [])
+
+
+@pytest.fixture(scope="module")
+def plan64(kexaone):
+    return make_plan(kexaone, 64, gpus_per_node=8, gpu_type="h100")
+
+
+def test_layout_of_the_public_64_h100_run(plan64):
+    par = plan64["parallel"]
+    assert (par["tp"], par["pp"], par["ep"], par["cp"]) == (4, 8, 8, 1)
+    assert par["dp"] == 2  # 64 / (4*8*1)
+    assert par["expert_dp"] == 1  # 64 / (expert_tp 1 * ep 8 * pp 8)
+    assert par["experts_per_ep_rank"] == 16
+    assert plan64["pipeline"]["layers_per_stage"] == 6
+    stages = plan64["pipeline"]["stages"]
+    assert [s["layer_ranges"] for s in stages] == [[[6 * r, 6 * r + 6]] for r in range(8)]
+    assert stages[0]["embedding"] and not stages[0]["lm_head"]
+    assert stages[-1]["lm_head"] and stages[-1]["mtp"]
+    assert plan64["world"] == {**plan64["world"], "nodes": 8, "world_size": 64}
+
+
+def test_middle_stage_parameters_match_a_hand_count(plan64):
+    attn = H * (HEADS * D + 2 * KV * D) + HEADS * D * H  # q, k, v, o
+    swiglu = 3 * H * FE  # one expert (and the shared expert)
+    per_layer_dense = (attn + swiglu) / 4 + H * E + 2 * H + 2 * D  # TP4 shards; router, norms not
+    experts = E * swiglu / 8  # EP8
+    assert plan64["pipeline"]["stages"][1]["params"] == int(6 * (per_layer_dense + experts))
+    assert plan64["pipeline"]["stages"][1]["expert_params"] == 6 * experts
+
+
+def test_static_memory_per_gpu_follows_the_bytes_per_parameter_formula(plan64):
+    stage = plan64["pipeline"]["stages"][1]
+    n, experts = stage["params"], stage["expert_params"]
+    # Muon + distributed optimizer: bf16 param 2 + fp32 grad 4 on every parameter; master 4 +
+    # momentum 4 sharded over expert-DP = 1 for experts and over DP = 2 for the rest (norms,
+    # on AdamW, are a rounding error here).
+    expected = (6 * n + 8 * experts + 8 * (n - experts) / 2) / GIB
+    assert stage["static_gib"]["distributed"] == pytest.approx(expected, rel=1e-3)
+    # ~3.9B params per GPU * ~13.8 bytes: about 49 GiB; far from 0 and from 80 GiB.
+    assert 45 < stage["static_gib"]["distributed"] < 55
+    # Without the distributed optimizer nothing is sharded: 14 bytes per parameter.
+    assert stage["static_gib"]["replicated"] == pytest.approx(14 * n / GIB, rel=1e-3)
+
+
+def test_adamw_costs_more_than_muon(kexaone):
+    adam = make_plan(kexaone, 64, gpus_per_node=8, optimizer="adamw")
+    stage = adam["pipeline"]["stages"][1]
+    assert stage["static_gib"]["replicated"] == pytest.approx(18 * stage["params"] / GIB, rel=1e-3)
+    assert adam["memory"]["optimizer"] == "adamw"
+
+
+def test_activation_estimate_and_recompute(kexaone, plan64):
+    act = plan64["memory"]["activations"]
+    # One MoE layer, s=8192, b=1, TP4+SP, bf16: X = 2*2h + 2(a+2g)d + ad + k(h+3fe) + 3fs.
+    x = 2 * 2 * H + 2 * (HEADS + 2 * KV) * D + HEADS * D + 8 * (H + 3 * FE) + 3 * FE
+    assert act["per_layer_per_microbatch_gib"] == pytest.approx(2 * 8192 * x / 4 / GIB)
+    assert act["in_flight_microbatches_first_stage"] == 8  # 1F1B: PP micro-batches on rank 0
+    full = make_plan(load_for_plan("kexaone_236b", ["parallel.recompute=full"]), 64,
+                     gpus_per_node=8)
+    assert full["memory"]["activations"]["peak_gib"] < act["peak_gib"] / 2
+    assert "formula" in act and "recompute=full" in act["formula"]
+
+
+def test_virtual_pipeline_stages(kexaone):
+    cfg = load_for_plan("kexaone_236b", ["parallel.virtual_pp=2"])
+    plan = make_plan(cfg, 64, gpus_per_node=8)
+    assert plan["pipeline"]["layers_per_virtual_stage"] == 3
+    assert plan["pipeline"]["stages"][0]["layer_ranges"] == [[0, 3], [24, 27]]
+    # Interleaving holds PP*(1 + (PP-1)/(PP*VPP)) = 8 * (1 + 7/16) stages' worth on rank 0.
+    assert plan["memory"]["activations"]["in_flight_microbatches_first_stage"] == 11.5
+
+
+def test_step_time_from_flops_per_token(kexaone, plan64):
+    c, b = plan64["compute"], plan64["batch"]
+    assert c["training_flops_per_token"] == training_flops_per_token(kexaone.model, 8192)
+    assert c["peak_flops_per_gpu"] == 989e12
+    expected = c["training_flops_per_token"] * b["tokens_per_step"] / (64 * 989e12 * 0.4)
+    assert c["step_time_s"] == pytest.approx(expected)
+    assert b["global_batch_samples"] % (2 * 1) == 0
+
+
+def test_world_size_not_divisible_by_tp_pp_cp(kexaone):
+    with pytest.raises(ConfigError, match=r"world_size=48.*tp\*pp\*cp = 4\*8\*1 = 32"):
+        make_plan(kexaone, 48, gpus_per_node=8)
+
+
+def test_expert_layout_must_fit_in_dp_cp_tp(kexaone):
+    cfg = load_for_plan("kexaone_236b", ["parallel.ep=16"])
+    with pytest.raises(ConfigError, match=r"parallel.ep=16.*must divide DP\*CP\*TP = 2\*1\*4 = 8"):
+        make_plan(cfg, 64, gpus_per_node=8)
+    assert make_plan(cfg, 128, gpus_per_node=8)["parallel"]["expert_dp"] == 1  # DP=4: fits
+
+
+def test_moe_with_tp_needs_sequence_parallel():
+    cfg = load_for_plan("kexaone_236b", ["parallel.sequence_parallel=false"])
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel"):
+        make_plan(cfg, 64, gpus_per_node=8)
+
+
+def test_global_batch_must_split_over_dp(kexaone):
+    with pytest.raises(ConfigError, match="global_batch_samples=1023"):
+        make_plan(kexaone, 64, gpus_per_node=8, global_batch_samples=1023)
+
+
+def test_peak_flops_table():
+    assert peak_flops("h100") == peak_flops("h200") == 989e12
+    assert peak_flops("h100", fp8=True) == 1979e12
+    assert peak_flops("b200") == 2250e12 and peak_flops("b200", fp8=True) == 4500e12
+    assert peak_flops("a100") == 312e12
+    with pytest.raises(ConfigError):
+        peak_flops("a100", fp8=True)
+    with pytest.raises(ConfigError):
+        peak_flops("v100")
+    assert set(GPU_SPECS) == {"h100", "h200", "a100", "b200"}
+
+
+def test_plan_cli_json_and_errors(capsys):
+    assert main(["plan", "--recipe", "kexaone_236b", "--nodes", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["parallel"]["dp"] == 2
+    assert main(["plan", "--recipe", "kexaone_236b", "--nodes", "6"]) == 2
+    assert "world_size=48" in capsys.readouterr().err
+    assert main(["plan", "--gpus-per-node", "2", "parallel.tp=2"]) == 2  # tiny MoE, TP2, no SP
+    assert "sequence_parallel" in capsys.readouterr().err
