@@ -55,15 +55,15 @@ def check_layout(p: ParallelConfig, m: ModelConfig, world_size: int, seq_len_tok
         raise ConfigError("world_size", world_size,
                           f"not divisible by parallel.tp*pp*cp = {p.tp}*{p.pp}*{p.cp} = {model_size}")
     dp = world_size // model_size
-    expert_group = p.ep * p.expert_tp
+    expert_group = p.ep * p.etp
     if m.num_experts is not None and (dp * p.cp * p.tp) % expert_group:
         raise ConfigError(
             "parallel.ep", p.ep,
-            f"ep*expert_tp = {p.ep}*{p.expert_tp} = {expert_group} must divide "
+            f"ep*expert_tp = {p.ep}*{p.etp} = {expert_group} must divide "
             f"DP*CP*TP = {dp}*{p.cp}*{p.tp} = {dp * p.cp * p.tp} (megatron-core lays experts out "
             f"within each pipeline stage's data*context*tensor ranks; world_size={world_size})")
-    if m.num_experts is not None and (m.moe_ffn_hidden_size or 0) % p.expert_tp:
-        raise ConfigError("parallel.expert_tp", p.expert_tp,
+    if m.num_experts is not None and (m.moe_ffn_hidden_size or 0) % p.etp:
+        raise ConfigError("parallel.expert_tp", p.etp,
                           f"does not divide model.moe_ffn_hidden_size={m.moe_ffn_hidden_size}")
     if m.num_experts is not None and p.tp > 1 and not p.sequence_parallel:
         raise ConfigError("parallel.sequence_parallel", p.sequence_parallel,
@@ -80,10 +80,10 @@ def check_layout(p: ParallelConfig, m: ModelConfig, world_size: int, seq_len_tok
 def layout(p: ParallelConfig, m: ModelConfig, world_size: int) -> dict[str, Any]:
     dp = world_size // (p.tp * p.pp * p.cp)
     experts = m.num_experts is not None
-    expert_dp = world_size // (p.expert_tp * p.ep * p.pp) if experts else None
+    expert_dp = world_size // (p.etp * p.ep * p.pp) if experts else None
     return {
         "tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "cp": p.cp, "dp": dp,
-        "ep": p.ep, "expert_tp": p.expert_tp, "expert_dp": expert_dp,
+        "ep": p.ep, "expert_tp": p.etp, "expert_dp": expert_dp,
         "experts_per_ep_rank": m.num_experts // p.ep if m.num_experts is not None else None,
         "model_parallel_size": p.tp * p.pp * p.cp,
         "sequence_parallel": p.sequence_parallel,
@@ -131,7 +131,7 @@ def _stage_params(m: ModelConfig, p: ParallelConfig, stage: dict[str, Any]) -> d
     out = {"dense_muon": 0.0, "adamw": 0.0, "expert_muon": 0.0}
     for start, end in stage["layer_ranges"]:
         for i in range(start, end):
-            for k, v in _layer_split(m, moe[i], p.tp, p.ep, p.expert_tp).items():
+            for k, v in _layer_split(m, moe[i], p.tp, p.ep, p.etp).items():
                 out[k] += v
     vocab_shard = padded_vocab_size(m, p.tp) * m.hidden_size / p.tp
     if stage["embedding"]:
@@ -141,7 +141,7 @@ def _stage_params(m: ModelConfig, p: ParallelConfig, stage: dict[str, Any]) -> d
         out["adamw"] += vocab_shard + m.hidden_size
     if stage["mtp"]:
         h = m.hidden_size
-        dense = _layer_split(m, False, p.tp, p.ep, p.expert_tp)
+        dense = _layer_split(m, False, p.tp, p.ep, p.etp)
         out["dense_muon"] += m.mtp_num_layers * (2 * h * h / p.tp + dense["dense_muon"])
         out["adamw"] += m.mtp_num_layers * (3 * h + dense["adamw"])  # enorm, hnorm, final norm
     return out
@@ -296,7 +296,7 @@ def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None =
               mfu: float = DEFAULT_MFU, optimizer: str | None = None) -> dict[str, Any]:
     """The dry-run plan of `cfg` on `world_size` GPUs: a JSON-ready dict (plan.json)."""
     m, p = cfg.model, cfg.parallel
-    seq = int(seq_len_tokens or _recipe_value(cfg, "train.seq_len_tokens", "data.seq_len_tokens")
+    seq = int(seq_len_tokens or _recipe_value(cfg, "train.seq_length_tokens")
               or min(DEFAULT_SEQ_LEN_TOKENS, m.max_position_embeddings))
     micro = int(micro_batch_samples or _recipe_value(cfg, "train.micro_batch_samples") or 1)
     gpn = gpus_per_node or world_size

@@ -75,6 +75,11 @@ class ParallelConfig:
     distributed_optimizer: bool = False
     recompute: str = "none"  # none | selective | full
 
+    @property
+    def etp(self) -> int:
+        """Effective expert tensor parallelism (expert_tp, defaulting to tp as megatron-LM)."""
+        return self.expert_tp if self.expert_tp is not None else self.tp
+
 
 @dataclass
 class PrecisionConfig:

@@ -72,7 +72,7 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
         pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp,
         expert_model_parallel_size=p.ep,
-        expert_tensor_parallel_size=p.expert_tp if p.expert_tp is not None else p.tp,
+        expert_tensor_parallel_size=p.etp,
         context_parallel_size=p.cp,
         sequence_parallel=p.sequence_parallel,
         params_dtype=dtype,

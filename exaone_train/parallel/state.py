@@ -54,7 +54,7 @@ def init_model_parallel(p: ParallelConfig, seed: int) -> None:
         virtual_pipeline_model_parallel_size=p.virtual_pp,
         context_parallel_size=p.cp,
         expert_model_parallel_size=p.ep,
-        expert_tensor_parallel_size=p.expert_tp if p.expert_tp is not None else p.tp,
+        expert_tensor_parallel_size=p.etp,
     )
     model_parallel_cuda_manual_seed(seed)
 

@@ -1,10 +1,15 @@
 """5 training steps under TP2, EP2, PP2 (2 gloo processes) give the losses of 1 process on
 the same initial weights and data; gradient accumulation 4x1 equals 1x4.
 
-Tolerance: fp32 everywhere; layouts change reduction order (TP all-reduce, PP p2p, EP
-all-to-all), so losses agree to ~1e-6 relative, not bitwise. We assert 1e-5 relative over 5
-steps (Adam amplifies nothing at this scale; a wrong grad scaling or a missing all-reduce
-shows up as >1e-3)."""
+Tolerances (fp32 everywhere). Layouts change the reduction order (TP all-reduce, PP p2p, EP
+all-to-all), so nothing is bitwise. Before any update (step 0) the loss must agree to 1e-6
+relative and the gradient norm (which sees every gradient of every rank) to 1e-4 (measured:
+1e-6 dense; 1.4e-5 for MoE under TP2+SP, where every parameter's gradient still matches to
+1e-5 per tensor, so the gap is in megatron-core's norm reduction, not in the update). After
+updates, Adam normalises each element, so elements whose gradient is ~0 can flip sign with
+the reduction order and move by +-lr: later losses agree to 1e-4 relative. A missing gradient
+reduction (e.g. experts not summed over ranks) shows as a step-0 grad-norm error of >1e-2 and
+loss errors of >2e-4 by step 2."""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def _train(run_dir: str, overrides: list[str], save_init: bool = False) -> list[
     t = T.Trainer(cfg, T.prepare_run_dir(cfg))
     if save_init:
         save_model_state(t.model, f"{run_dir}/init")
-    return [r.loss for r in t.fit()]
+    return [(r.loss, r.grad_norm) for r in t.fit()]
 
 
 def _single(tmp_path, overrides: list[str]) -> list[float]:
@@ -69,12 +74,18 @@ def test_layout_matches_single_process(tmp_path, model, layout):
                              [f"model={model}", f"train.init_from={init}", *layout])
     ours = losses[-1]  # the last rank holds the (broadcast) loss; all ranks agree
     assert losses[0] == ours
-    for step, (a, b) in enumerate(zip(reference, ours)):
-        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: 1 proc {a} vs {layout} {b}"
+    assert_same_run(reference, ours, str(layout))
+
+
+def assert_same_run(reference, ours, what: str) -> None:
+    (loss0, gn0), (loss0_b, gn0_b) = reference[0], ours[0]
+    assert abs(loss0 - loss0_b) <= 1e-6 * loss0, f"step 0 loss: {loss0} vs {what} {loss0_b}"
+    assert abs(gn0 - gn0_b) <= 1e-4 * gn0, f"step 0 grad norm: {gn0} vs {what} {gn0_b}"
+    for step, ((a, _), (b, _)) in enumerate(zip(reference, ours)):
+        assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 proc {a} vs {what} {b}"
 
 
 def test_grad_accumulation_4x1_equals_1x4(tmp_path, reference):
     init = _INIT_DIRS["tiny_kexaone"]
     one_by_four = _single(tmp_path, ["train.micro_batch_samples=4", f"train.init_from={init}"])
-    for a, b in zip(reference, one_by_four):
-        assert abs(a - b) <= 1e-5 * abs(a)
+    assert_same_run(reference, one_by_four, "1x4")

@@ -114,9 +114,10 @@ def test_expert_layout_must_fit_in_dp_cp_tp(kexaone):
 
 
 def test_moe_with_tp_needs_sequence_parallel():
-    cfg = load_for_plan("kexaone_236b", ["parallel.sequence_parallel=false"])
+    # validate() refuses it before any plan is made
     with pytest.raises(ConfigError, match="parallel.sequence_parallel"):
-        make_plan(cfg, 64, gpus_per_node=8)
+        make_plan(load_for_plan("kexaone_236b", ["parallel.sequence_parallel=false"]), 64,
+                  gpus_per_node=8)
 
 
 def test_global_batch_must_split_over_dp(kexaone):
