@@ -37,6 +37,7 @@ class ParamInfo:
     layout: str  # plain | qkv | fc1 (gated [gate; up])
     tp_group: str | None  # tp | expert_tp | None (not TP-sharded)
     partition_dim: int | None
+    expert: bool  # a routed expert's weight (EP-sharded; its own grad-norm group)
 
 
 def param_class(name: str, shape: tuple[int, ...]) -> str:
@@ -83,11 +84,12 @@ def _named_parameters(model_chunks: nn.Module | Iterable[nn.Module]):
 def _info(name: str, p: torch.Tensor, gated: bool, algorithm: str) -> ParamInfo:
     cls = param_class(name, tuple(p.shape))
     sharded = bool(getattr(p, "tensor_model_parallel", False))
-    tp_kind = ("expert_tp" if ".experts." in name else "tp") if sharded else None
+    expert = ".experts." in name  # routed experts; shared_experts are dense
+    tp_kind = ("expert_tp" if expert else "tp") if sharded else None
     use_muon = algorithm == "muon" and cls in MUON_CLASSES
     layout = {"qkv": "qkv", "fc1": "fc1" if gated else "plain"}.get(cls, "plain")
     return ParamInfo(name, tuple(p.shape), cls, "muon" if use_muon else "adamw", layout,
-                     tp_kind, int(p.partition_dim) if sharded else None)
+                     tp_kind, int(p.partition_dim) if sharded else None, expert)
 
 
 def classify_params(model_chunks: nn.Module | Iterable[nn.Module],
@@ -113,7 +115,8 @@ def format_classification(infos: list[ParamInfo]) -> str:
 def _group_hparams(info: ParamInfo, cfg: OptimConfig, qkv_rows: list[int] | None) -> dict:
     decay = 0.0 if info.param_class in cfg.no_weight_decay_classes else cfg.weight_decay
     mult = cfg.class_lr_multipliers.get(info.param_class, 1.0)
-    base = {"algorithm": info.algorithm, "weight_decay": decay, "param_class": info.param_class}
+    base = {"algorithm": info.algorithm, "weight_decay": decay, "param_class": info.param_class,
+            "expert": info.expert}
     if info.algorithm == "adamw":
         mult *= cfg.adamw_lr_multiplier
         return base | {"lr_multiplier": mult, "lr": cfg.lr_peak * mult,

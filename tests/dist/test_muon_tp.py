@@ -1,5 +1,6 @@
 """Muon under tensor parallelism: TP=2 (expert TP=2) gives the TP=1 update, bit for bit up to
-fp32 tolerance, for every parameter of the tiny K-EXAONE model, with and without block splits.
+fp32 tolerance, for every parameter of the tiny K-EXAONE model, with and without block splits;
+the global grad norm counts every parameter once (TP=2 == TP=1 == norm of the full grads).
 
 The TP=1 weights are sharded by this test's own reading of megatron-core's layout (gated
 linear_fc1: each rank holds [gate_r; up_r]); a forward pass checks that reading (TP=2 loss ==
@@ -99,10 +100,10 @@ def _loaded(tp: int, shapes: dict, naive: bool = False):
     return model
 
 
-def _train(tp: int, shapes: dict, variant: dict) -> tuple[dict[str, torch.Tensor], float]:
+def _train(tp: int, shapes: dict, variant: dict) -> tuple[dict[str, torch.Tensor], float, float]:
     """Load the shared full weights into a TP=`tp` model, take STEPS Muon steps on shared full
-    grads, return the full weights after and the loss before."""
-    from exaone_train.optim import OptimConfig, build_optimizer
+    grads, return the full weights after, the loss before and the first grad norm."""
+    from exaone_train.optim import OptimConfig, build_optimizer, grad_norm
 
     model = _loaded(tp, shapes)
     named = dict(model.named_parameters())
@@ -111,8 +112,9 @@ def _train(tp: int, shapes: dict, variant: dict) -> tuple[dict[str, torch.Tensor
     for step in range(STEPS):
         for n, p in named.items():
             p.grad = _shard(n, p, _full_tensor(n, shapes[n], step + 1))
+        norm = grad_norm(opt) if step == 0 else norm
         opt.step()
-    return {n: _unshard(n, p) for n, p in named.items()}, loss
+    return {n: _unshard(n, p) for n, p in named.items()}, loss, norm
 
 
 def _compare_tp2_tp1() -> dict[str, tuple[float, float]]:
@@ -121,8 +123,11 @@ def _compare_tp2_tp1() -> dict[str, tuple[float, float]]:
     out = {"naive_layout_control": (abs(_loss(_loaded(2, shapes, naive=True))
                                         - _loss(_loaded(1, shapes))), 0.0)}
     for key, variant in VARIANTS.items():
-        ref, ref_loss = _train(1, shapes, variant)
-        got, loss = _train(2, shapes, variant)
+        ref, ref_loss, ref_norm = _train(1, shapes, variant)
+        got, loss, norm = _train(2, shapes, variant)
+        full_norm = sum(_full_tensor(n, s, 1).double().pow(2).sum() for n, s in shapes.items())
+        assert abs(ref_norm - full_norm.sqrt().item()) < 1e-6 * ref_norm, (ref_norm, full_norm)
+        assert abs(norm - ref_norm) < 1e-6 * ref_norm, (key, norm, ref_norm)  # counted once
         assert all(torch.isfinite(t).all() for t in [*ref.values(), *got.values()]), key
         moved = min((ref[n] - _full_tensor(n, shapes[n], 0)).abs().max().item() for n in ref)
         assert moved > 0, "some parameter did not move"

@@ -9,7 +9,7 @@ from torch import nn
 
 from exaone_train.errors import ConfigError
 from exaone_train.optim import (OptimConfig, build_optimizer, classify_params,
-                                format_classification, newton_schulz)
+                                clip_grad_norm_, format_classification, newton_schulz)
 from exaone_train.optim.config import ScheduleConfig
 from exaone_train.optim.schedule import WSDSchedule
 
@@ -213,6 +213,19 @@ def test_tiny_kexaone_trains_with_muon_and_wsd(tiny_model) -> None:
     assert emb["lr"] == pytest.approx(0.5 * 3e-3)
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)
+
+
+def test_clip_grad_norm_matches_torch() -> None:
+    ours, ref = _Matrices(), _Matrices()
+    opt = build_optimizer(ours, OptimConfig())
+    for model in (ours, ref):
+        for p, g in zip(model.parameters(), (_grads((48, 80), 1, 1)[0], _grads((96, 32), 1, 2)[0])):
+            p.grad = g
+    norm = clip_grad_norm_(opt, max_norm=1.0)
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), max_norm=1.0)
+    assert norm == pytest.approx(ref_norm.item(), rel=1e-6) and norm > 10
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
 
 
 def test_bad_optim_config_is_a_config_error() -> None:
