@@ -2,8 +2,12 @@
 
 from exaone_train.optim.clip import clip_grad_norm_, grad_norm
 from exaone_train.optim.config import OptimConfig, ScheduleConfig, validate_optim
-from exaone_train.optim.groups import (build_optimizer, classify_params, format_classification,
-                                       param_groups)
+from exaone_train.optim.groups import (
+                                       build_optimizer,
+                                       classify_params,
+                                       format_classification,
+                                       param_groups,
+)
 from exaone_train.optim.muon import MuonAdamW, newton_schulz
 from exaone_train.optim.schedule import WSDSchedule, lr_at, lr_factor_at
 

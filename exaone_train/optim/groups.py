@@ -89,7 +89,7 @@ def _info(name: str, p: torch.Tensor, gated: bool, algorithm: str) -> ParamInfo:
     use_muon = algorithm == "muon" and cls in MUON_CLASSES
     layout = {"qkv": "qkv", "fc1": "fc1" if gated else "plain"}.get(cls, "plain")
     return ParamInfo(name, tuple(p.shape), cls, "muon" if use_muon else "adamw", layout,
-                     tp_kind, int(p.partition_dim) if sharded else None, expert)
+                     tp_kind, int(p.partition_dim) if sharded else None, expert)  # type: ignore[attr-defined]
 
 
 def classify_params(model_chunks: nn.Module | Iterable[nn.Module],

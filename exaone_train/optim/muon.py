@@ -170,7 +170,7 @@ class MuonAdamW(Optimizer):
         self.tp_group_fn = tp_group_fn or megatron_tp_group
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -182,7 +182,7 @@ class MuonAdamW(Optimizer):
     def _tp_context(self, p: Tensor, group: dict[str, Any]) -> TPContext:
         if not getattr(p, "tensor_model_parallel", False) or group.get("tp_group") is None:
             return TPContext(None, 0)
-        return TPContext(self.tp_group_fn(group["tp_group"]), int(p.partition_dim))
+        return TPContext(self.tp_group_fn(group["tp_group"]), int(p.partition_dim))  # type: ignore[attr-defined]
 
     def _muon_group(self, group: dict[str, Any]) -> None:
         lr, wd, m = group["lr"], group["weight_decay"], group["momentum"]
@@ -215,8 +215,11 @@ class MuonAdamW(Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p), grads.append(g), steps.append(state["step"])
-            avgs.append(state["exp_avg"]), sqs.append(state["exp_avg_sq"])
+            params.append(p)
+            grads.append(g)
+            steps.append(state["step"])
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
         if not params:
             return
         beta1, beta2 = group["betas"]

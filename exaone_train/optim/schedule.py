@@ -13,7 +13,12 @@ from typing import Any
 from torch.optim import Optimizer
 
 from exaone_train.errors import ConfigError
-from exaone_train.optim.config import OptimConfig, ScheduleConfig, decay_tokens_of, validate_schedule
+from exaone_train.optim.config import (
+    OptimConfig,
+    ScheduleConfig,
+    decay_tokens_of,
+    validate_schedule,
+)
 
 
 def _shape(kind: str, progress: float, rising: bool) -> float:

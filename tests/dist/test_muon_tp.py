@@ -109,6 +109,7 @@ def _train(tp: int, shapes: dict, variant: dict) -> tuple[dict[str, torch.Tensor
     named = dict(model.named_parameters())
     loss = _loss(model)
     opt = build_optimizer(model, OptimConfig(lr_peak=0.01, **variant))
+    norm = 0.0
     for step in range(STEPS):
         for n, p in named.items():
             p.grad = _shard(n, p, _full_tensor(n, shapes[n], step + 1))

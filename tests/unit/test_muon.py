@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from exaone_train.errors import ConfigError
-from exaone_train.optim import (OptimConfig, build_optimizer, classify_params,
-                                clip_grad_norm_, format_classification, newton_schulz)
+from exaone_train.optim import (
+    OptimConfig,
+    build_optimizer,
+    classify_params,
+    clip_grad_norm_,
+    format_classification,
+    newton_schulz,
+)
 from exaone_train.optim.config import ScheduleConfig
 from exaone_train.optim.schedule import WSDSchedule
 
@@ -22,7 +28,7 @@ def _grads(shape: tuple[int, ...], steps: int, seed: int) -> list[torch.Tensor]:
 def _run(opt: torch.optim.Optimizer, params: list[nn.Parameter],
          grads: list[list[torch.Tensor]]) -> None:
     for step_grads in grads:
-        for p, g in zip(params, step_grads):
+        for p, g in zip(params, step_grads, strict=True):
             p.grad = g.clone()
         opt.step()
 
@@ -48,10 +54,10 @@ def test_matches_torch_muon(rms_scaling: str, torch_adjust: str | None, nesterov
     assert [g["algorithm"] for g in opt.param_groups] == ["muon"]
     ref_opt = torch.optim.Muon(ref.parameters(), lr=0.02, weight_decay=0.1, momentum=0.9,
                                nesterov=nesterov, adjust_lr_fn=torch_adjust)
-    grads = list(zip(_grads((48, 80), 6, 1), _grads((96, 32), 6, 2)))
+    grads = list(zip(_grads((48, 80), 6, 1), _grads((96, 32), 6, 2), strict=True))
     _run(opt, list(ours.parameters()), grads)
     _run(ref_opt, list(ref.parameters()), grads)
-    for a, b, init in zip(ours.parameters(), ref.parameters(), _Matrices().parameters()):
+    for a, b, init in zip(ours.parameters(), ref.parameters(), _Matrices().parameters(), strict=True):
         assert torch.equal(a, b), (a - b).abs().max().item()
         assert (a - init).abs().max() > 1e-3  # it did move
 
@@ -68,10 +74,10 @@ def test_matches_torch_adamw_on_adamw_classes() -> None:
                                             no_weight_decay_classes=[]))
     assert {g["param_class"] for g in opt.param_groups} == {"embedding", "norm"}
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-    grads = list(zip(_grads((50, 16), 4, 5), _grads((16,), 4, 6)))
+    grads = list(zip(_grads((50, 16), 4, 5), _grads((16,), 4, 6), strict=True))
     _run(opt, list(ours.parameters()), grads)
     _run(ref_opt, list(ref.parameters()), grads)
-    for a, b in zip(ours.parameters(), ref.parameters()):
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -215,16 +221,36 @@ def test_tiny_kexaone_trains_with_muon_and_wsd(tiny_model) -> None:
     assert len(moved) == len(before)
 
 
+def test_state_dict_resume_is_exact() -> None:
+    """Two steps == one step, save, load into a fresh optimizer, one step (Muon + AdamW)."""
+    def model() -> nn.Module:
+        m = _Matrices()
+        m.final_layernorm = nn.LayerNorm(32, bias=False)
+        return m
+    grads = [list(g) for g in zip(_grads((48, 80), 2, 1), _grads((96, 32), 2, 2),
+                                  _grads((32,), 2, 3), strict=True)]
+    straight, resumed = model(), model()
+    _run(build_optimizer(straight, OptimConfig()), list(straight.parameters()), grads)
+    first = build_optimizer(resumed, OptimConfig())
+    _run(first, list(resumed.parameters()), grads[:1])
+    second = build_optimizer(resumed, OptimConfig())
+    second.load_state_dict(first.state_dict())
+    _run(second, list(resumed.parameters()), grads[1:])
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_clip_grad_norm_matches_torch() -> None:
     ours, ref = _Matrices(), _Matrices()
     opt = build_optimizer(ours, OptimConfig())
     for model in (ours, ref):
-        for p, g in zip(model.parameters(), (_grads((48, 80), 1, 1)[0], _grads((96, 32), 1, 2)[0])):
+        new = (_grads((48, 80), 1, 1)[0], _grads((96, 32), 1, 2)[0])
+        for p, g in zip(model.parameters(), new, strict=True):
             p.grad = g
     norm = clip_grad_norm_(opt, max_norm=1.0)
     ref_norm = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), max_norm=1.0)
     assert norm == pytest.approx(ref_norm.item(), rel=1e-6) and norm > 10
-    for a, b in zip(ours.parameters(), ref.parameters()):
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
 
 

@@ -38,7 +38,7 @@ def test_matches_transformers_wsd(shape: str, warmup_shape: str) -> None:
         lr_min_ratio=min_ratio))
     ours = [lr_at(s * TOKENS_PER_STEP, cfg) for s in range(steps + 5)]
     theirs = _hf_lrs(steps, warmup, decay, shape, warmup_shape, min_ratio)
-    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-12
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-12
     assert theirs[warmup + 5] == LR_PEAK and theirs[-1] == pytest.approx(LR_PEAK * min_ratio)
 
 
