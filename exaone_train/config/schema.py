@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from exaone_train.optim.config import OptimConfig
+
 
 @dataclass
 class ModelConfig:
@@ -98,7 +100,6 @@ class TrainConfig:
     global_batch_samples: int = 8  # = micro_batch * DP * accumulation steps
     train_tokens: int | None = None  # stop after this many tokens (or train_steps)
     train_steps: int | None = 50
-    clip_grad: float = 1.0
     # Block attention across packed documents and restart positions at each document.
     document_attention_mask: bool = True
     reset_position_ids: bool = True
@@ -147,15 +148,9 @@ class RecipeConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    optim: Any = field(default_factory=lambda: _optim_config())
+    optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _optim_config():
-    from exaone_train.optim import OptimConfig
-
-    return OptimConfig()
 
 
 def register_configs() -> None:
@@ -167,3 +162,4 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)

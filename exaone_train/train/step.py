@@ -86,6 +86,11 @@ def forward_backward(model_chunks: list, batches: list[Batch], seq_length: int,
                      micro_batch: int, forward_only: bool = False) -> tuple[float, int]:
     """Run megatron-core's schedule (no pipelining / 1F1B / interleaved) over `batches`."""
     fb = get_forward_backward_func()
+    # megatron keeps the aux-loss scale in a class attribute and copy_()s into it; a scale of
+    # another shape left by an earlier model in this process (tests, eval) would break that.
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None
     n_chunks = len(model_chunks)
     iterators = [iter(batches) for _ in range(n_chunks)]
     losses = fb(forward_step_func=_forward_step,

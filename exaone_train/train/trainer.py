@@ -42,9 +42,21 @@ def build_model_chunks(cfg: RecipeConfig) -> list[DDP]:
 
 
 def build_optimizer(cfg: RecipeConfig, chunks: list[DDP]):
-    from exaone_train.optim import build_optimizer as build
+    from exaone_train.optim import build_megatron_optimizer
 
-    return build(chunks, cfg.optim, clip_grad=cfg.train.clip_grad)
+    return build_megatron_optimizer(chunks, cfg.optim)
+
+
+def schedule_config(cfg: RecipeConfig):
+    """The recipe's schedule with total_tokens filled in from the run length when unset."""
+    import dataclasses
+
+    sched = cfg.optim.schedule
+    if sched.total_tokens is None:
+        t = cfg.train
+        total = t.train_tokens or (t.train_steps or 0) * t.global_batch_samples * t.seq_length_tokens
+        sched = dataclasses.replace(sched, total_tokens=total)
+    return dataclasses.replace(cfg.optim, schedule=sched)
 
 
 def build_data(cfg: RecipeConfig):
@@ -69,9 +81,11 @@ class Trainer:
 
             load_model_state(self.model, cfg.train.init_from)
         self.optimizer = build_optimizer(cfg, self.model)
-        from exaone_train.optim import build_schedule
+        from exaone_train.optim import WSDSchedule, lr_at
 
-        self.schedule = build_schedule(cfg.optim, self.optimizer)
+        self.optim_cfg = schedule_config(cfg)
+        self.schedule = WSDSchedule(self.optimizer, self.optim_cfg)
+        self._lr_at = lr_at
         self.data = build_data(cfg)
         self.step, self.consumed_samples, self.consumed_tokens = 0, 0, 0
         self.metrics: dict[str, Any] = {}
@@ -116,7 +130,8 @@ class Trainer:
         return t.train_tokens is not None and self.consumed_tokens >= t.train_tokens
 
     def train_one_step(self) -> StepResult:
-        self.metrics = {"lr": self.schedule.apply(self.consumed_tokens)}
+        self.schedule.step(self.consumed_tokens)
+        self.metrics = {"lr": self._lr_at(self.consumed_tokens, self.optim_cfg)}
         for c in self.callbacks:
             c.on_step_start(self)
         result = train_step(self.model, self.optimizer, self.next_batches(),

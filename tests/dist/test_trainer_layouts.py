@@ -20,7 +20,7 @@ from exaone_train.parallel.testing import run_distributed
 STEPS = 5
 BASE = ["train.data_source=synthetic", "logging.wandb=false", f"train.train_steps={STEPS}",
         "train.seq_length_tokens=64", "train.global_batch_samples=4",
-        "train.micro_batch_samples=1", "train.clip_grad=0.0"]
+        "train.micro_batch_samples=1", "optim.clip_grad=0.0"]
 
 
 def _train(run_dir: str, overrides: list[str], save_init: bool = False) -> list[float]:
