@@ -14,6 +14,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from exaone_train.optim.clip import clip_grad_norm_ as _clip
+from exaone_train.optim.clip import grad_norm as _grad_norm
+
 
 @dataclass
 class Batch:
@@ -115,22 +118,13 @@ def train_step(model_chunks: list, optimizer, batches: list[Batch], seq_length: 
     reason = should_skip(loss)
     if reason is not None:
         return StepResult(loss, num_tokens, None, True, reason)
-    optimizer.prepare_grads()
-    grad_norm = float(optimizer.get_grad_norm())
+    optimizer.prepare_grads()  # main_grad -> grad (fp32 master grads for bf16 params)
+    # One norm over every parameter, each counted once across TP/PP/EP (dense grads reduced
+    # over the model-parallel group, routed experts over the expert TP x EP x PP group).
+    grad_norm = _grad_norm(optimizer.optimizer)
     if not math.isfinite(grad_norm):
         return StepResult(loss, num_tokens, grad_norm, True, "non-finite gradient")
-    _clip_by_total_norm(optimizer, grad_norm)
+    _clip(optimizer.optimizer, optimizer.config.clip_grad)
     optimizer.step_with_ready_grads()
     return StepResult(loss, num_tokens, grad_norm, False)
 
-
-def _clip_by_total_norm(optimizer, grad_norm: float) -> None:
-    """Scale grads by clip/norm when above the limit, per sub-optimizer (as ChainedOptimizer)."""
-    from megatron.core.optimizer import optimizer as mopt
-
-    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        params = sub.get_parameters()
-        if params and sub.config.clip_grad > 0.0:
-            mopt.clip_grad_by_total_norm_fp32(
-                params, max_norm=sub.config.clip_grad, total_norm=grad_norm,
-                use_decoupled_grad=sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)

@@ -75,7 +75,8 @@ def _build(tp: int):
     from exaone_train.model.builder import build_model
     from exaone_train.parallel.state import init_model_parallel
 
-    cfg = load_recipe("tiny_cpu", [f"parallel.tp={tp}", f"parallel.expert_tp={tp}"])
+    cfg = load_recipe("tiny_cpu", [f"parallel.tp={tp}", f"parallel.expert_tp={tp}",
+                                    f"parallel.sequence_parallel={str(tp > 1).lower()}"])
     init_model_parallel(cfg.parallel, cfg.seed)
     return build_model(cfg.model, cfg.parallel, cfg.precision)
 
