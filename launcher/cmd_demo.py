@@ -1,5 +1,8 @@
-"""`exaone-train demo`: the main job on CPU. Grows as features land: today it builds the tiny
-K-EXAONE, prints its info, and runs one forward/backward."""
+"""`exaone-train demo`: the main job on CPU, end to end. Grows as features land. Today:
+1. build the shipped multilingual corpus into megatron-core shards (skipped when up to date),
+2. print the tiny K-EXAONE's parameter counts and FLOPs,
+3. train it (Muon + WSD, MoE with expert bias, MTP) on the shipped corpus and report the loss.
+"""
 
 from __future__ import annotations
 
@@ -16,24 +19,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
+    from data_pipeline.build import build
     from exaone_train.config.load import load_recipe
-    from exaone_train.model.builder import build_model
     from exaone_train.model.counts import model_info
     from exaone_train.parallel import state
+    from exaone_train.train.trainer import main
 
-    cfg = load_recipe(args.recipe, args.overrides)
-    print(json.dumps(model_info(cfg.model, seq_len_tokens=256), indent=2))
-    state.setup(cfg.parallel, cfg.seed)
-    model = build_model(cfg.model, cfg.parallel, cfg.precision)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    tokens = torch.randint(0, cfg.model.vocab_size, (2, 257), generator=gen)
-    ids, labels = tokens[:, :-1], tokens[:, 1:]
-    pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
-    loss = model(ids, pos, None, labels=labels).float().mean()
-    loss.backward()
-    print(f"tiny K-EXAONE forward/backward: loss={loss.item():.4f} "
-          f"(ln(vocab)={torch.log(torch.tensor(float(cfg.model.vocab_size))).item():.4f})")
-    state.teardown()
+    cfg = load_recipe(args.recipe, ["run.dir=runs/demo", "train.train_steps=60", *args.overrides])
+    print("== 1/3 data: building the shipped corpus shards")
+    build(cfg.data.build)
+    print("== 2/3 model")
+    print(json.dumps(model_info(cfg.model, seq_len_tokens=cfg.train.seq_length_tokens), indent=2))
+    print(f"== 3/3 training {cfg.model.name} for {cfg.train.train_steps} steps "
+          f"on stage '{cfg.train.data_stage}' (run dir {cfg.run.dir})")
+    try:
+        results = main(cfg)
+    finally:
+        state.teardown()
+    first = sum(r.loss for r in results[:5]) / 5
+    last = sum(r.loss for r in results[-5:]) / 5
+    print(f"demo done: loss {first:.3f} (first 5 steps) -> {last:.3f} (last 5 steps); "
+          f"metrics in {cfg.run.dir}/metrics.jsonl")
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from data_pipeline.config import DataRecipeConfig
 from exaone_train.optim.config import OptimConfig
 
 
@@ -107,6 +108,7 @@ class TrainConfig:
     # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
     # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").
     data_source: str = "pipeline"
+    data_stage: str = "pretrain"  # which of data.stages this run reads
     # Initial weights: a dist_checkpointing model directory (e.g. `exaone-train convert from-hf`
     # output's model/, or a checkpoint's model/) loaded under this run's layout.
     init_from: str | None = None
@@ -149,6 +151,7 @@ class RecipeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataRecipeConfig = field(default_factory=DataRecipeConfig)
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -163,3 +166,6 @@ def register_configs() -> None:
     cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
     cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    # data recipes (recipes/data/*.yaml) start with `defaults: [data_recipe_schema]`; inside
+    # the `data` group that name resolves relative to the group
+    cs.store(group="data", name="data_recipe_schema", node=DataRecipeConfig)

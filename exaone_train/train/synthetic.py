@@ -56,6 +56,9 @@ class SyntheticStageDataset:
         per = len(indices) // dp_size
         return indices[dp_rank * per:(dp_rank + 1) * per]
 
+    def advance(self, n: int) -> None:
+        self.consumed_samples += n
+
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples}
 

@@ -68,8 +68,21 @@ def build_data(cfg: RecipeConfig):
     if t.data_source == "pipeline":
         from data_pipeline import build_stage_dataset
 
-        return build_stage_dataset(cfg.data, seed=cfg.seed)
+        return build_stage_dataset(stage_data_config(cfg), seed=cfg.data.seed)
     raise ConfigError("train.data_source", t.data_source, "must be 'pipeline' or 'synthetic'")
+
+
+def stage_data_config(cfg: RecipeConfig):
+    """The data stage this run reads; its sequence length must be the trainer's."""
+    t = cfg.train
+    if t.data_stage not in cfg.data.stages:
+        raise ConfigError("train.data_stage", t.data_stage,
+                          f"is not one of data.stages {sorted(cfg.data.stages)}")
+    stage = cfg.data.stages[t.data_stage]
+    if stage.seq_length != t.seq_length_tokens:
+        raise ConfigError("train.seq_length_tokens", t.seq_length_tokens,
+                          f"must equal data.stages.{t.data_stage}.seq_length={stage.seq_length}")
+    return stage
 
 
 class Trainer:
@@ -139,6 +152,7 @@ class Trainer:
                             self.guard.check_loss)
         self.step += 1
         self.consumed_samples += self.cfg.train.global_batch_samples
+        self.data.advance(self.cfg.train.global_batch_samples)
         self.consumed_tokens += self.global_batch_tokens
         self.results.append(result)
         for c in self.callbacks:
