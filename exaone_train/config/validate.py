@@ -119,8 +119,23 @@ def validate_precision(prec: PrecisionConfig) -> None:
                  "Transformer Engine is not installed")
 
 
+def validate_backend(cfg: RecipeConfig) -> None:
+    """Features that only the Transformer Engine path has."""
+    te = importlib.util.find_spec("transformer_engine") is not None
+    local = cfg.precision.transformer_impl == "local" or not te
+    if cfg.parallel.cp > 1:
+        _require(not local, "parallel.cp", cfg.parallel.cp,
+                 "context parallelism runs inside Transformer Engine attention, which is not "
+                 "installed (or precision.transformer_impl=local)")
+    if not local and cfg.train.document_attention_mask:
+        raise ConfigError("train.document_attention_mask", True,
+                          "is not yet supported on the Transformer Engine path (needs packed "
+                          "THD sequences); set it to false there")
+
+
 def validate(cfg: RecipeConfig) -> None:
     """Raise ConfigError on the first broken rule."""
     validate_model(cfg.model)
     validate_parallel(cfg.parallel, cfg.model)
     validate_precision(cfg.precision)
+    validate_backend(cfg)

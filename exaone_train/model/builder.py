@@ -107,7 +107,7 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
             moe_z_loss_coeff=m.moe_z_loss_coeff or None,
             moe_router_dtype="fp32",
             moe_token_dispatcher_type=p.moe_token_dispatcher,
-            moe_grouped_gemm=False,
+            moe_grouped_gemm=use_transformer_engine(prec),  # TEGroupedMLP on GPU
             moe_permute_fusion=False,
         )
     if prec.fp8 is not None:

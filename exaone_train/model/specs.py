@@ -47,8 +47,9 @@ def _layer_spec(m: ModelConfig, backend, num_experts: int | None) -> ModuleSpec:
     pre_norm = m.norm_placement == "pre"
     norm = backend.layer_norm(rms_norm=True)
     qk_norm = backend.layer_norm(rms_norm=True, for_qk=True) if m.qk_norm else IdentityOp
+    grouped = num_experts is not None and not isinstance(backend, ExaoneLocalSpecProvider)
     mlp = get_mlp_module_spec_for_backend(backend=backend, num_experts=num_experts,
-                                          moe_grouped_gemm=False)
+                                          moe_grouped_gemm=grouped)
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(

@@ -47,3 +47,13 @@ def test_vocab_padded_for_tp():
     assert padded_vocab_size(m, 4) == 4096
     assert padded_vocab_size(m, 8) == 4096
     assert padded_vocab_size(m, 3) == 4224  # multiple of 128*3
+
+
+def test_context_parallel_needs_transformer_engine():
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.skip("Transformer Engine is installed here")
+    with pytest.raises(ConfigError, match="Transformer Engine") as err:
+        load_recipe("tiny_cpu", ["parallel.cp=2"])
+    assert err.value.field == "parallel.cp"
