@@ -17,6 +17,7 @@ def test_shipped_recipes_validate():
     (["parallel.ep=3"], "parallel.ep", "num_experts=8"),
     (["parallel.pp=3"], "parallel.pp", "num_layers=4"),
     (["parallel.pp=2", "parallel.virtual_pp=4"], "parallel.pp", "num_layers=4"),
+    (["parallel.pp=2", "parallel.virtual_pp=2"], "parallel.virtual_pp", "not verified"),
     (["model.sliding_window_tokens=0"], "model.sliding_window_tokens", "> 0"),
     (["model.sliding_window_tokens=null"], "model.sliding_window_tokens", "window size"),
     (["model.attention_pattern=LLLLLG"], "model.attention_pattern", "longer than"),
