@@ -47,8 +47,7 @@ def run_train(run_dir, overrides: list[str], nproc: int = 1, env: dict | None = 
         return p.wait(timeout=timeout_s)
     finally:
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            kill_group(p)
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 240, poll_s: float = 0.01,
@@ -62,8 +61,33 @@ def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 240, poll_s: 
         time.sleep(poll_s)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc; torchrun starts workers in new sessions, so a
+    process-group kill would miss them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    os.killpg(proc.pid, sig)
+    """Send `sig` to the run and every process it started (all ranks), then reap it."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
     proc.wait()
 
 
