@@ -37,7 +37,7 @@ def bench(name: str, overrides: list[str], repeats: int, tmp: Path) -> dict:
     from exaone_train.train import trainer as T
 
     cfg = load_recipe("tiny_cpu", [f"run.dir={tmp / name}", *BASE, *overrides])
-    state.setup(cfg.parallel, cfg.seed)
+    state.init_model_parallel(cfg.parallel, cfg.seed)
     t = T.Trainer(cfg, T.prepare_run_dir(cfg))
     t.train_one_step()
     m = t.checkpointing.manager
@@ -55,7 +55,6 @@ def bench(name: str, overrides: list[str], repeats: int, tmp: Path) -> dict:
         loads.append(time.perf_counter() - t0)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path)
-    state.teardown()
     return {"model": name, "params": params, "bytes": size, "save_s": min(saves),
             "verify_s": min(verifies), "load_s": min(loads)}
 
@@ -67,11 +66,13 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import logging
 
+    from exaone_train.parallel.testing import run_distributed
+
     logging.basicConfig(level=logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for name, overrides in MODELS.items():
-            rows.append(bench(name, overrides, args.repeats, Path(d)))
+        for name, overrides in MODELS.items():  # one process each (megatron keeps globals)
+            rows.append(run_distributed(bench, 1, name, overrides, args.repeats, Path(d))[0])
     print("| model | params | checkpoint MB | save s | MB/s | verify (sha256) s | load s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -28,13 +28,13 @@ class CheckpointCallback(Callback):
         if self.cfg.exit_on_signal:
             signals.install()
 
-    def restore(self, trainer: "Trainer") -> None:
+    def restore(self, trainer: Trainer) -> None:
         """Load the checkpoint to resume from, if any (collective; in Trainer.__init__)."""
         path = self.manager.resume_path()
         if path is not None:
             self.pending_rng = self.manager.load(trainer, path)
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         if self.pending_rng:  # after main()'s seeding, so the resumed run continues the streams
             set_rng_state(self.pending_rng)
             self.pending_rng = {}
@@ -49,7 +49,7 @@ class CheckpointCallback(Callback):
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
 
-    def on_step_end(self, trainer: "Trainer", result: "StepResult") -> None:
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         sig, due = self._decide()
         by_steps = self.cfg.interval_steps > 0 and trainer.step % self.cfg.interval_steps == 0
         if self.cfg.enabled and (sig or due or by_steps):
@@ -61,10 +61,12 @@ class CheckpointCallback(Callback):
             raise StopTraining(f"signal received: checkpoint saved at step {trainer.step}, "
                                f"exiting with status {signals.REQUEUE_EXIT_CODE} (requeue)")
 
-    def finish(self, trainer: "Trainer") -> None:
-        """The final save when the loop ended without an error (collective)."""
+    def finish(self, trainer: Trainer) -> None:
+        """The final save when the loop ended without an error (collective); then the
+        process's own signal handlers are put back."""
         if (self.cfg.enabled and self.cfg.save_final and trainer.step > 0
                 and self.manager.last_saved_step != trainer.step):
             self.manager.save(trainer, final=trainer.done())
         elif self.cfg.enabled and trainer.done() and self.manager.last_saved_step == trainer.step:
             self.manager.mark_keep(trainer.step)
+        signals.uninstall()

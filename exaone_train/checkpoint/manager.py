@@ -167,7 +167,7 @@ class CheckpointManager:
         return None
 
     # ---- saving --------------------------------------------------------------------------
-    def save(self, trainer: "Trainer", final: bool = False) -> Path:
+    def save(self, trainer: Trainer, final: bool = False) -> Path:
         """Save `trainer` at its current step (collective). Returns the checkpoint directory."""
         t0 = time.perf_counter()
         name = iter_name(trainer.step)
@@ -221,7 +221,7 @@ class CheckpointManager:
                                   f" (disk full or read-only?). Older checkpoints in {self.dir} "
                                   "are untouched.")
 
-    def _write_rank_files(self, trainer: "Trainer", tmp: Path) -> None:
+    def _write_rank_files(self, trainer: Trainer, tmp: Path) -> None:
         torch.save(rng_state(), tmp / RNG_DIR / f"rank_{_rank():05d}.pt")
         if _rank() != 0:
             return
@@ -231,7 +231,7 @@ class CheckpointManager:
 
         (tmp / "run_info.json").write_text(json.dumps(run_info(), indent=2))
 
-    def train_state(self, trainer: "Trainer") -> dict:
+    def train_state(self, trainer: Trainer) -> dict:
         stage = getattr(trainer, "stage_name", "main")
         stages = dict(getattr(trainer, "stage_progress", {}) or {})
         stages[stage] = {"steps": trainer.step, "consumed_samples": trainer.consumed_samples,
@@ -313,7 +313,7 @@ class CheckpointManager:
             return path
         return self.latest_valid() if self.cfg.resume else None
 
-    def load(self, trainer: "Trainer", path: Path) -> dict:
+    def load(self, trainer: Trainer, path: Path) -> dict:
         """Load model, optimizer and train state into `trainer` (collective); returns this
         rank's RNG state (or {}), to apply when the loop starts."""
         t0 = time.perf_counter()
@@ -329,7 +329,7 @@ class CheckpointManager:
         trainer.step = int(state["step"])
         trainer.consumed_samples = int(state["consumed_samples"])
         trainer.consumed_tokens = int(state["consumed_tokens"])
-        trainer.stage_progress = state.get("stages", {})
+        trainer.stage_progress = state.get("stages", {})  # type: ignore[attr-defined]
         trainer.data.load_state_dict(state["data"])
         trainer.guard.load_state_dict(state["guard"])
         self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()

@@ -16,7 +16,8 @@ AdamW parameter) goes in the train state. bf16 runs also save the fp32 master we
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from megatron.core.dist_checkpointing.dict_utils import nested_values
@@ -50,8 +51,8 @@ def param_pairs(optimizer: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(model parameter, the parameter the inner optimizer steps) for every parameter."""
     if hasattr(optimizer, "float16_groups"):  # Float16OptimizerWithFloat16Params (bf16)
         for model_group, main_group in zip(optimizer.float16_groups,
-                                           optimizer.fp32_from_float16_groups):
-            yield from zip(model_group, main_group)
+                                           optimizer.fp32_from_float16_groups, strict=False):
+            yield from zip(model_group, main_group, strict=False)
         for group in optimizer.fp32_from_fp32_groups:
             yield from ((p, p) for p in group)
         return
@@ -75,7 +76,7 @@ def materialize_state(optimizer: Any) -> None:
 
 
 def _sharded_by_param(model_sd: dict) -> dict[int, ShardedTensor | ShardedTensorFactory]:
-    out = {}
+    out: dict[int, Any] = {}
     for v in nested_values(model_sd):
         if isinstance(v, (ShardedTensor, ShardedTensorFactory)) and isinstance(v.data,
                                                                                  torch.Tensor):
@@ -105,7 +106,7 @@ def optimizer_state(optimizer: Any, model_sd: dict) -> dict:
 
 def load_optimizer_from(optimizer: Any, loaded: dict, adamw_step: float) -> None:
     inner = optimizer.optimizer
-    for i, (model_p, main_p) in enumerate(param_pairs(optimizer)):
+    for i, (_model_p, main_p) in enumerate(param_pairs(optimizer)):
         entry = loaded[str(i)]
         state = inner.state[main_p]
         with torch.no_grad():

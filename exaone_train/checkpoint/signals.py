@@ -16,6 +16,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _received: list[int] = []
 _stopped_for_requeue = False
+_previous: dict[int, object] = {}
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -30,7 +31,18 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for s in SIGNALS:
-        signal.signal(s, _handler)
+        previous = signal.signal(s, _handler)
+        if previous is not _handler:
+            _previous[s] = previous
+
+
+def uninstall() -> None:
+    """Put back the handlers `install()` replaced (the loop has ended)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s, previous in _previous.items():
+        signal.signal(s, previous)  # type: ignore[arg-type]
+    _previous.clear()
 
 
 def received() -> int | None:

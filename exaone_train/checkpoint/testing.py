@@ -25,8 +25,15 @@ def train_command(run_dir: str | Path, overrides: list[str], nproc: int = 1) -> 
             f"--nproc-per-node={nproc}", *args]
 
 
+_DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"}
+
+
 def _env(extra: dict | None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", WANDB_MODE="offline",
+    # not the caller's torch.distributed variables: an in-process group of the caller (a
+    # test) may still hold its MASTER_PORT
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", WANDB_MODE="offline",
                PYTHONPATH=str(REPO))
     env.update(extra or {})
     return env

@@ -63,7 +63,6 @@ def hash_files(ckpt_dir: Path, files: list[str], progress: bool = False) -> dict
     """{relpath: {"bytes", "sha256"}} for every file; each rank hashes its share (collective)."""
     rank, world = _world()
     mine = files[rank::world]
-    it: Any = mine
     if progress and rank == 0:
         from tqdm import tqdm
 
@@ -72,7 +71,7 @@ def hash_files(ckpt_dir: Path, files: list[str], progress: bool = False) -> dict
     else:
         bar = None
     local = {}
-    for rel in it:
+    for rel in mine:
         p = ckpt_dir / rel
         local[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         if bar is not None:
