@@ -136,6 +136,22 @@ class LoggingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Training checkpoints under `<run.dir>/checkpoints/` (see docs/CHECKPOINTS.md)."""
+
+    enabled: bool = True
+    interval_steps: int = 1000  # save every N steps (0 = off)
+    interval_minutes: float = 0.0  # also save when this much wall time passed since the last (0 = off)
+    keep_last: int = 3  # keep the newest N checkpoints (stage-final ones are always kept)
+    save_final: bool = True  # save when the run ends (training done or stopped cleanly)
+    load_from: str | None = None  # an explicit checkpoint directory to resume from
+    resume: bool = True  # continue from the newest valid checkpoint of the run directory
+    verify_on_load: str = "sha256"  # sha256 | size: how a checkpoint is checked before loading
+    async_save: bool = False  # megatron-core async save (GPU only; not implemented on CPU)
+    exit_on_signal: bool = True  # SIGTERM/SIGUSR1: save at the next step boundary, exit 3
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/default"
     name: str = "run"
@@ -150,6 +166,7 @@ class RecipeConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataRecipeConfig = field(default_factory=DataRecipeConfig)
     seed: int = 1234

@@ -111,6 +111,7 @@ class Trainer:
         self.local_tokens = self.global_batch_tokens // dp
         self.guard = cb.StabilityGuard(cfg.guard)
         self.callbacks = self._callbacks()
+        self.checkpointing = self._checkpointing()  # resumes from the newest valid checkpoint
 
     def _callbacks(self) -> list[cb.Callback]:
         from exaone_train.train.hardware_peak import peak_flops_per_gpu
@@ -125,6 +126,15 @@ class Trainer:
             cbs.append(cb.WandbLogger(c.logging, self.run_dir, OmegaConf.to_container(
                 OmegaConf.structured(c))))
         return cbs
+
+    def _checkpointing(self):
+        from exaone_train.checkpoint.callback import CheckpointCallback
+        from exaone_train.checkpoint.manager import CheckpointManager
+
+        ckpt = CheckpointCallback(CheckpointManager(self.cfg, self.run_dir))
+        ckpt.restore(self)
+        self.callbacks.append(ckpt)
+        return ckpt
 
     def next_batches(self) -> list:
         """This DP rank's micro-batches of the next global batch (world-size-free order)."""
@@ -171,6 +181,7 @@ class Trainer:
         finally:
             for c in self.callbacks:
                 c.on_train_end(self)
+        self.checkpointing.finish(self)  # reached only without an error
         return self.results
 
 

@@ -1,0 +1,72 @@
+"""The trainer's checkpoint hooks: restore at construction, save by step and wall-clock cadence,
+save-and-stop on SIGTERM/SIGUSR1, final save at the end of `fit()`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+
+from exaone_train.checkpoint import signals
+from exaone_train.checkpoint.manager import CheckpointManager, set_rng_state
+from exaone_train.train.callbacks import Callback, StopTraining
+
+if TYPE_CHECKING:
+    from exaone_train.train.step import StepResult
+    from exaone_train.train.trainer import Trainer
+
+log = logging.getLogger("exaone_train")
+
+
+class CheckpointCallback(Callback):
+    def __init__(self, manager: CheckpointManager) -> None:
+        self.manager, self.cfg = manager, manager.cfg
+        self.pending_rng: dict = {}
+        if self.cfg.exit_on_signal:
+            signals.install()
+
+    def restore(self, trainer: Trainer) -> None:
+        """Load the checkpoint to resume from, if any (collective; in Trainer.__init__)."""
+        path = self.manager.resume_path()
+        if path is not None:
+            self.pending_rng = self.manager.load(trainer, path)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.pending_rng:  # after main()'s seeding, so the resumed run continues the streams
+            set_rng_state(self.pending_rng)
+            self.pending_rng = {}
+
+    def _decide(self) -> tuple[bool, bool]:
+        """(signal received on any rank, wall-clock interval passed on any rank): collective."""
+        sig = signals.received() is not None
+        due = (self.cfg.interval_minutes > 0 and
+               time.monotonic() - self.manager.last_save_time >= 60 * self.cfg.interval_minutes)
+        flags = torch.tensor([float(sig), float(due)])
+        if dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        sig, due = self._decide()
+        by_steps = self.cfg.interval_steps > 0 and trainer.step % self.cfg.interval_steps == 0
+        if self.cfg.enabled and (sig or due or by_steps):
+            self.manager.save(trainer)
+        if sig:
+            if not self.cfg.enabled:
+                self.manager.save(trainer)  # a signal always saves: the job is going away
+            signals.mark_stopped_for_requeue()
+            raise StopTraining(f"signal received: checkpoint saved at step {trainer.step}, "
+                               f"exiting with status {signals.REQUEUE_EXIT_CODE} (requeue)")
+
+    def finish(self, trainer: Trainer) -> None:
+        """The final save when the loop ended without an error (collective); then the
+        process's own signal handlers are put back."""
+        if (self.cfg.enabled and self.cfg.save_final and trainer.step > 0
+                and self.manager.last_saved_step != trainer.step):
+            self.manager.save(trainer, final=trainer.done())
+        elif self.cfg.enabled and trainer.done() and self.manager.last_saved_step == trainer.step:
+            self.manager.mark_keep(trainer.step)
+        signals.uninstall()

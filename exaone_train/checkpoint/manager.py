@@ -1,0 +1,377 @@
+"""Training checkpoints: atomic save, verification, resume from the newest valid one, retention.
+
+    <run.dir>/checkpoints/
+      iter_0000010/
+        model/             dist_checkpointing (torch_dist): model + optimizer state, reshardable
+        train_state.json   step, consumed samples/tokens (total and per stage), AdamW step,
+                           data-set state, stability-guard state, layout it was saved under
+        rng/rank_00000.pt  RNG states of each rank (python, numpy, torch CPU/CUDA, megatron)
+        config.yaml        the resolved recipe (so `model_io.load_model_checkpoint` reads it)
+        run_info.json      git SHA, package versions, argv
+        manifest.json      every file's size and sha256; written last; `keep` for stage-final
+      latest               "iter_0000010": written (latest.tmp + os.replace) after the rename
+
+A save goes to `.tmp_iter_XXXXXXX/`, every rank writes its part, a barrier, the manifest is
+hashed (shared out over ranks) and written by rank 0, the directory is renamed, then `latest`
+is replaced; only then are old checkpoints beyond `keep_last` removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from omegaconf import OmegaConf
+from torch.distributed.checkpoint.api import CheckpointException
+
+from exaone_train.checkpoint import sharded, verify
+from exaone_train.config.schema import CheckpointConfig, RecipeConfig
+from exaone_train.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from exaone_train.train.trainer import Trainer
+
+log = logging.getLogger("exaone_train")
+
+MODEL_DIR, TRAIN_STATE, RNG_DIR, LATEST = "model", "train_state.json", "rng", "latest"
+FAULT_ENV = "EXAONE_TRAIN_FAULT"  # test hook, see docs/CHECKPOINTS.md
+
+
+def iter_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _all_ok(ok: bool) -> bool:
+    """True iff every rank says ok (collective)."""
+    if not dist.is_initialized():
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() == 0.0
+
+
+def validate_checkpoint_config(c: CheckpointConfig) -> None:
+    if c.interval_steps < 0:
+        raise ConfigError("checkpoint.interval_steps", c.interval_steps, "must be >= 0")
+    if c.interval_minutes < 0:
+        raise ConfigError("checkpoint.interval_minutes", c.interval_minutes, "must be >= 0")
+    if c.keep_last < 1:
+        raise ConfigError("checkpoint.keep_last", c.keep_last,
+                          "must be >= 1 (the newest checkpoint is never removed)")
+    if c.verify_on_load not in ("sha256", "size"):
+        raise ConfigError("checkpoint.verify_on_load", c.verify_on_load,
+                          "must be 'sha256' or 'size'")
+    if c.async_save and not torch.cuda.is_available():
+        raise ConfigError("checkpoint.async_save", True,
+                          "needs a GPU (megatron-core's async save overlaps a CUDA->CPU copy "
+                          "with training); on CPU saves are synchronous, set it to false")
+    if c.async_save:
+        raise ConfigError("checkpoint.async_save", True,
+                          "is not implemented yet (see docs/CHECKPOINTS.md); set it to false")
+
+
+def rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state()
+    try:
+        state["megatron_tracker"] = tensor_parallel.get_cuda_rng_tracker().get_states()
+    except Exception:  # noqa: BLE001 - the tracker may be uninitialised; nothing to restore
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+    if "megatron_tracker" in state:
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["megatron_tracker"])
+
+
+def layout() -> dict:
+    ps = parallel_state
+    return {"world_size": _world(), "tp": ps.get_tensor_model_parallel_world_size(),
+            "pp": ps.get_pipeline_model_parallel_world_size(),
+            "ep": ps.get_expert_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size()}
+
+
+def _fault(point: str, step: int) -> None:
+    """Test hook: `EXAONE_TRAIN_FAULT=<point>` or `<point>@<step>` kills this process (as
+    SIGKILL would, no cleanup) at that point of a save. Points: kill_during_save (after the
+    model/optimizer files, before the train state and manifest), kill_before_rename."""
+    if os.environ.get(FAULT_ENV) in (point, f"{point}@{step}"):
+        log.error("%s set to %s: killing this process (test hook)", FAULT_ENV, point)
+        os._exit(137)
+
+
+class CheckpointManager:
+    """Saves, finds, verifies and loads the training checkpoints of one run directory."""
+
+    def __init__(self, cfg: RecipeConfig, run_dir: str | Path) -> None:
+        validate_checkpoint_config(cfg.checkpoint)
+        self.recipe, self.cfg = cfg, cfg.checkpoint
+        self.dir = Path(run_dir) / "checkpoints"
+        self.last_saved_step: int | None = None
+        self.last_save_time = time.monotonic()
+
+    # ---- finding -------------------------------------------------------------------------
+    def candidates(self) -> list[Path]:
+        """iter_* directories, newest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith("iter_")
+                 and p.name[5:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
+
+    def latest_valid(self) -> Path | None:
+        """The newest checkpoint that verifies (collective); a bad one is named and skipped."""
+        for path in self.candidates():
+            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256")
+            if not problems:
+                return path
+            if _rank() == 0:
+                log.warning("checkpoint %s does not verify, skipping it: %s", path,
+                            "; ".join(problems[:5]))
+        return None
+
+    # ---- saving --------------------------------------------------------------------------
+    def save(self, trainer: Trainer, final: bool = False) -> Path:
+        """Save `trainer` at its current step (collective). Returns the checkpoint directory."""
+        t0 = time.perf_counter()
+        name = iter_name(trainer.step)
+        tmp, dest = self.dir / f".tmp_{name}", self.dir / name
+        self._prepare_tmp(tmp)
+        err = ""
+        try:
+            dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),
+                                    str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
+                                    async_sharded_save=False)
+            _fault("kill_during_save", trainer.step)
+            self._write_rank_files(trainer, tmp)
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - disk full / read-only
+            # arrive wrapped in torch DCP's CheckpointException (a BaseException)
+            err = f"{type(e).__name__}: {e}"
+        if not _all_ok(not err):
+            if _rank() == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # never a checkpoint; frees the space
+            why = err or "failed on another rank"
+            raise CheckpointError(f"could not write checkpoint {tmp}: {why} (disk full or "
+                                  f"read-only?). Older checkpoints in {self.dir} are untouched.")
+        t_write = time.perf_counter() - t0
+        info = {"step": trainer.step, "keep": bool(final), "saved_unix": time.time(),
+                "layout": layout()}
+        manifest = verify.write_manifest(tmp, info, progress=True)
+        _fault("kill_before_rename", trainer.step)
+        self._publish(tmp, dest)
+        self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()
+        if _rank() == 0:
+            dt = time.perf_counter() - t0
+            gib = manifest["total_bytes"] / 2**30
+            log.info("%s checkpoint %s saved: %.3f GiB in %d files, %.1fs (write %.1fs, "
+                     "%.2f GiB/s)%s", trainer.prefix, dest, gib, len(manifest["files"]), dt,
+                     t_write, gib / max(t_write, 1e-9), " [keep]" if final else "")
+        self.apply_retention()
+        return dest
+
+    def _prepare_tmp(self, tmp: Path) -> None:
+        ok, err = True, ""
+        if _rank() == 0:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():  # left by a crashed save of this step: never a checkpoint
+                    shutil.rmtree(tmp)
+                (tmp / RNG_DIR).mkdir(parents=True)
+                (tmp / MODEL_DIR).mkdir()
+            except OSError as e:
+                ok, err = False, str(e)
+        if not _all_ok(ok):
+            raise CheckpointError(f"cannot create checkpoint directory {tmp}: {err or 'see rank 0'}"
+                                  f" (disk full or read-only?). Older checkpoints in {self.dir} "
+                                  "are untouched.")
+
+    def _write_rank_files(self, trainer: Trainer, tmp: Path) -> None:
+        torch.save(rng_state(), tmp / RNG_DIR / f"rank_{_rank():05d}.pt")
+        if _rank() != 0:
+            return
+        verify.write_json_durable(tmp / TRAIN_STATE, self.train_state(trainer))
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.recipe)))
+        from exaone_train.train.run_dir import run_info
+
+        (tmp / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+
+    def train_state(self, trainer: Trainer) -> dict:
+        stage = getattr(trainer, "stage_name", "main")
+        stages = dict(getattr(trainer, "stage_progress", {}) or {})
+        stages[stage] = {"steps": trainer.step, "consumed_samples": trainer.consumed_samples,
+                         "consumed_tokens": trainer.consumed_tokens}
+        return {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
+                "consumed_tokens": trainer.consumed_tokens, "stage": stage, "stages": stages,
+                "schedule": {"consumed_tokens": trainer.consumed_tokens},
+                "adamw_step": sharded.adamw_step(trainer.optimizer),
+                "data": trainer.data.state_dict(), "guard": trainer.guard.state_dict(),
+                "layout": layout()}
+
+    def _publish(self, tmp: Path, dest: Path) -> None:
+        """Rename the verified temporary directory into place, then replace `latest`."""
+        ok, err = True, ""
+        if _rank() == 0:
+            try:
+                if dest.exists():  # e.g. a corrupt one of the same step: set aside, not deleted
+                    aside = dest.with_name(f".replaced_{dest.name}_{int(time.time())}")
+                    log.warning("checkpoint %s exists; moving it to %s", dest, aside)
+                    os.replace(dest, aside)
+                os.replace(tmp, dest)
+                verify.fsync_dir(self.dir)
+                latest_tmp = self.dir / (LATEST + ".tmp")
+                with open(latest_tmp, "w") as f:
+                    f.write(dest.name + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(latest_tmp, self.dir / LATEST)
+                verify.fsync_dir(self.dir)
+            except OSError as e:
+                ok, err = False, str(e)
+        if not _all_ok(ok):
+            raise CheckpointError(f"could not publish checkpoint {dest}: {err or 'see rank 0'}")
+
+    def apply_retention(self) -> None:
+        """Remove checkpoints beyond the newest `keep_last` (never `keep` ones), and stale
+        temporary directories. Runs only after a newer checkpoint verified and was published."""
+        if _rank() == 0:
+            valid_newest = self.candidates()
+            for old in valid_newest[self.cfg.keep_last:]:
+                manifest = verify.read_manifest(old)
+                if manifest is not None and manifest.get("keep"):
+                    continue
+                self._remove(old)
+            for stale in self.dir.glob(".tmp_iter_*"):
+                self._remove(stale)
+        _barrier()
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        # rename first: a half-deleted directory must never look like a checkpoint
+        doomed = path.with_name(f".deleting_{path.name}")
+        try:
+            os.replace(path, doomed)
+            shutil.rmtree(doomed)
+            log.info("removed old checkpoint %s", path)
+        except OSError as e:
+            log.warning("could not remove %s: %s", path, e)
+
+    def mark_keep(self, step: int) -> None:
+        """Flag an existing checkpoint as stage-final (kept by retention); rank 0 rewrites its
+        manifest atomically (the `keep` flag is not hashed)."""
+        path = self.dir / iter_name(step)
+        manifest = verify.read_manifest(path)
+        if _rank() == 0 and manifest is not None and not manifest.get("keep"):
+            manifest["keep"] = True
+            verify.write_json_durable(path / verify.MANIFEST, manifest)
+        _barrier()
+
+    # ---- loading -------------------------------------------------------------------------
+    def resume_path(self) -> Path | None:
+        """`checkpoint.load_from` if set, else the newest valid checkpoint of this run."""
+        if self.cfg.load_from:
+            path = Path(self.cfg.load_from)
+            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256")
+            if problems:
+                raise CheckpointError(f"checkpoint.load_from={path} does not verify: "
+                                      + "; ".join(problems[:5]))
+            return path
+        return self.latest_valid() if self.cfg.resume else None
+
+    def load(self, trainer: Trainer, path: Path) -> dict:
+        """Load model, optimizer and train state into `trainer` (collective); returns this
+        rank's RNG state (or {}), to apply when the loop starts."""
+        t0 = time.perf_counter()
+        check_compatible(trainer.model, trainer.optimizer, path / MODEL_DIR)
+        state = json.loads((path / TRAIN_STATE).read_text())
+        request = sharded.full_state(trainer.model, trainer.optimizer)
+        try:
+            loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
+        except Exception as e:  # noqa: BLE001 - megatron raises several types; name the file
+            raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: {e}") from e
+        sharded.load_model_into(trainer.model, loaded)
+        sharded.load_optimizer_from(trainer.optimizer, loaded["optimizer"], state["adamw_step"])
+        trainer.step = int(state["step"])
+        trainer.consumed_samples = int(state["consumed_samples"])
+        trainer.consumed_tokens = int(state["consumed_tokens"])
+        trainer.stage_progress = state.get("stages", {})  # type: ignore[attr-defined]
+        trainer.data.load_state_dict(state["data"])
+        trainer.guard.load_state_dict(state["guard"])
+        self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()
+        rng: dict = {}
+        rng_file = path / RNG_DIR / f"rank_{_rank():05d}.pt"
+        if state.get("layout") == layout() and rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+        elif _rank() == 0:
+            log.warning("checkpoint layout %s differs from this run's %s: RNG states are not "
+                        "restored (model, optimizer, data order and LR are)", state.get("layout"),
+                        layout())
+        if _rank() == 0:
+            log.info("%s resumed from %s at step %d (%d tokens) in %.1fs", trainer.prefix, path,
+                     trainer.step, trainer.consumed_tokens, time.perf_counter() - t0)
+        return rng
+
+
+def check_compatible(chunks: list, optimizer: Any, model_dir: Path, limit: int = 8) -> None:
+    """CheckpointError naming the first mismatched keys and shapes when the checkpoint in
+    `model_dir` is of another model (compares global shapes, layout-free)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    if not (model_dir / "metadata.json").is_file():
+        raise CheckpointError(f"{model_dir}: no dist_checkpointing metadata.json")
+    saved = dist_checkpointing.load_tensors_metadata(str(model_dir))
+    want = {}
+    for v in nested_values(sharded.model_state(chunks)):
+        for t in (nested_values(v.build()) if isinstance(v, ShardedTensorFactory) else [v]):
+            if isinstance(t, ShardedTensor):
+                want[t.key] = tuple(t.global_shape)
+    missing = [k for k in want if k not in saved]
+    shapes = [f"{k}: checkpoint {tuple(saved[k].global_shape)} vs model {want[k]}"
+              for k in want if k in saved and tuple(saved[k].global_shape) != want[k]]
+    extra = [k for k in saved if not k.startswith("optimizer.") and k not in want]
+    if missing or shapes or extra:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatches: {shapes[:limit]}")
+        if missing:
+            parts.append(f"{len(missing)} keys missing from the checkpoint, first: "
+                         f"{missing[:limit]}")
+        if extra:
+            parts.append(f"{len(extra)} keys the model does not have, first: {extra[:limit]}")
+        raise CheckpointError(f"{model_dir}: checkpoint of another model: " + "; ".join(parts))

@@ -1,0 +1,134 @@
+"""Model + optimizer as one megatron-core dist_checkpointing state dict, fully reshardable.
+
+Model: `model_io.sharded_model_state_dict` (per-layer global keys), so a training checkpoint's
+`model/` is also a model checkpoint (`model_io.load_model_checkpoint`, HF export).
+
+Optimizer: megatron's wrappers (`FP32Optimizer.sharded_state_dict`) assume `init_state_fn`
+and save `param_groups` as a rank-0 common object, which breaks under PP (each stage has its
+own groups) and for our MuonAdamW (Muon params have no `step`). So each state tensor of each
+parameter is written as a ShardedTensor keyed `optimizer.state.<name>.<model key>` (megatron's
+own naming, via `make_sharded_optimizer_tensor`), with the model parameter's sharding: a TP /
+EP / PP / DP change reshards it like the weight. Hyperparameters come from the recipe, the LR
+from the WSD schedule (a function of consumed tokens); the AdamW step count (shared by every
+AdamW parameter) goes in the train state. bf16 runs also save the fp32 master weights as
+`optimizer.state.fp32_param.<model key>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
+
+from exaone_train.checkpoint.model_io import sharded_model_state_dict
+
+
+def unwrap(chunk: Any) -> Any:
+    return getattr(chunk, "module", chunk)
+
+
+def model_state(chunks: list) -> dict:
+    """One chunk: the model's state dict at the root (model_io's layout); VPP: model0, ..."""
+    if len(chunks) == 1:
+        return sharded_model_state_dict(unwrap(chunks[0]))
+    return {f"model{i}": sharded_model_state_dict(unwrap(c)) for i, c in enumerate(chunks)}
+
+
+def load_model_into(chunks: list, loaded: dict) -> None:
+    if len(chunks) == 1:
+        unwrap(chunks[0]).load_state_dict({k: v for k, v in loaded.items() if k != "optimizer"},
+                                          strict=True)
+        return
+    for i, c in enumerate(chunks):
+        unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
+
+
+def param_pairs(optimizer: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(model parameter, the parameter the inner optimizer steps) for every parameter."""
+    if hasattr(optimizer, "float16_groups"):  # Float16OptimizerWithFloat16Params (bf16)
+        for model_group, main_group in zip(optimizer.float16_groups,
+                                           optimizer.fp32_from_float16_groups, strict=False):
+            yield from zip(model_group, main_group, strict=False)
+        for group in optimizer.fp32_from_fp32_groups:
+            yield from ((p, p) for p in group)
+        return
+    for group in optimizer.optimizer.param_groups:
+        yield from ((p, p) for p in group["params"])
+
+
+def materialize_state(optimizer: Any) -> None:
+    """Create every state tensor a step would create (zeros, step 0): identical to a fresh
+    state for MuonAdamW, and gives the load a tensor to fill for every parameter."""
+    inner = optimizer.optimizer
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state[p]
+            if group["algorithm"] == "muon":
+                state.setdefault("momentum_buffer", torch.zeros_like(p))
+            elif not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _sharded_by_param(model_sd: dict) -> dict[int, ShardedTensor | ShardedTensorFactory]:
+    out: dict[int, Any] = {}
+    for v in nested_values(model_sd):
+        if isinstance(v, (ShardedTensor, ShardedTensorFactory)) and isinstance(v.data,
+                                                                                 torch.Tensor):
+            out.setdefault(id(v.data), v)
+    return out
+
+
+def optimizer_state(optimizer: Any, model_sd: dict) -> dict:
+    """{index: {state name: ShardedTensor}} for every parameter (see module docstring)."""
+    materialize_state(optimizer)
+    inner = optimizer.optimizer
+    by_param = _sharded_by_param(model_sd)
+    out: dict[str, dict] = {}
+    for i, (model_p, main_p) in enumerate(param_pairs(optimizer)):
+        sharded = by_param.get(id(model_p))
+        if sharded is None:
+            raise RuntimeError(f"optimizer parameter {tuple(model_p.shape)} has no sharded "
+                               "model tensor (not in the model's sharded_state_dict)")
+        entry = {k: make_sharded_optimizer_tensor(sharded, v, f"optimizer.state.{k}")
+                 for k, v in inner.state[main_p].items() if k != "step"}
+        if main_p is not model_p:
+            entry["fp32_param"] = make_sharded_optimizer_tensor(
+                sharded, main_p, "optimizer.state.fp32_param")
+        out[str(i)] = entry
+    return out
+
+
+def load_optimizer_from(optimizer: Any, loaded: dict, adamw_step: float) -> None:
+    inner = optimizer.optimizer
+    for i, (_model_p, main_p) in enumerate(param_pairs(optimizer)):
+        entry = loaded[str(i)]
+        state = inner.state[main_p]
+        with torch.no_grad():
+            for k, v in entry.items():
+                if k == "fp32_param":
+                    main_p.copy_(v)
+                else:
+                    state[k].copy_(v)
+        if "step" in state:
+            state["step"].fill_(adamw_step)
+
+
+def adamw_step(optimizer: Any) -> float:
+    """The step count every AdamW parameter shares (0 before the first step)."""
+    steps = {float(s["step"]) for s in optimizer.optimizer.state.values() if "step" in s}
+    if len(steps) > 1:
+        raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(steps)}")
+    return steps.pop() if steps else 0.0
+
+
+def full_state(chunks: list, optimizer: Any) -> dict:
+    """The state dict dist_checkpointing saves and loads: model (+ optimizer)."""
+    sd = model_state(chunks)
+    sd["optimizer"] = optimizer_state(optimizer, sd)
+    return sd
