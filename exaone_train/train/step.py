@@ -124,7 +124,7 @@ def train_step(model_chunks: list, optimizer, batches: list[Batch], seq_length: 
     grad_norm = _grad_norm(optimizer.optimizer)
     if not math.isfinite(grad_norm):
         return StepResult(loss, num_tokens, grad_norm, True, "non-finite gradient")
-    _clip(optimizer.optimizer, optimizer.config.clip_grad)
+    _clip(optimizer.optimizer, optimizer.config.clip_grad, norm=grad_norm)
     optimizer.step_with_ready_grads()
     return StepResult(loss, num_tokens, grad_norm, False)
 
