@@ -7,11 +7,13 @@ previous checkpoint to resume from; SIGUSR1 saves, exits 3, and the run continue
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
 
 from exaone_train.checkpoint.testing import (
+    _descendants,
     kill_group,
     losses,
     run_train,
@@ -56,13 +58,49 @@ def test_sigkill_resume_is_bit_exact_one_process(tmp_path, straight):
     assert losses(run_dir) == straight  # every step 1..20: loss and LR, exact
 
 
-def test_sigkill_resume_is_bit_exact_two_processes(tmp_path):
-    ref = tmp_path / "straight2"
-    assert run_train(ref, RUN, nproc=2) == 0
+@pytest.fixture(scope="module")
+def straight2(tmp_path_factory):
+    """20 steps without interruption, torchrun with 2 processes (DP2)."""
+    run_dir = tmp_path_factory.mktemp("straight2") / "run"
+    assert run_train(run_dir, RUN, nproc=2) == 0
+    return losses(run_dir)
+
+
+def test_sigkill_resume_is_bit_exact_two_processes(tmp_path, straight2):
     run_dir = tmp_path / "run"
     _kill_after_checkpoint_and_resume(run_dir, 2)
-    assert losses(run_dir) == losses(ref)
-    assert len(losses(run_dir)) == STEPS
+    assert losses(run_dir) == straight2
+    assert len(straight2) == STEPS
+
+
+@pytest.mark.slow
+def test_signal_to_one_rank_stops_all_ranks_after_a_save(tmp_path, straight2):
+    """SIGUSR1 to rank 1 only: the all-reduced flag makes rank 0 save and stop too."""
+    run_dir = tmp_path / "run"
+    long = ["train.train_steps=1000", "optim.schedule.total_tokens=5120",
+            "checkpoint.interval_steps=0"]
+    proc = start_train(run_dir, long, nproc=2)
+    wait_for(lambda: steps_logged(run_dir) >= 3, proc, what="3 steps")
+    workers = [p for p in _descendants(proc.pid) if "launcher" in _cmdline(p)]
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGUSR1)  # the later-started worker
+    proc.wait(timeout=120)  # torchrun reports the workers' exit 3 as a failure of its own
+    log = run_dir.with_suffix(".log").read_text()
+    for rank in (0, 1):  # both ranks saw the flag, saved, passed the barrier
+        assert f"[r{rank} tp0 pp0 ep0 dp{rank}] stopping: signal received" in log
+    assert "exitcode: 3" in log  # a worker's exit status 3 reached torchrun
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 3 <= stopped_at < STEPS and steps_logged(run_dir) == stopped_at
+    assert run_train(run_dir, RUN, nproc=2) == 0
+    assert _resumed_step(run_dir) == [stopped_at]
+    assert losses(run_dir) == straight2
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def test_kill_during_save_resumes_previous_checkpoint(tmp_path, straight):
