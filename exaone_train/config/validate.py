@@ -53,6 +53,10 @@ def validate_model(m: ModelConfig) -> None:
                  "model.moe_ffn_hidden_size", m.moe_ffn_hidden_size, "MoE models need it > 0")
         _require(m.moe_router_score in ("sigmoid", "softmax"), "model.moe_router_score",
                  m.moe_router_score, "must be 'sigmoid' or 'softmax'")
+        # megatron-core always renormalises the selected top-k sigmoid scores when top-k > 1
+        _require(m.moe_norm_topk_prob or m.moe_top_k == 1 or m.moe_router_score != "sigmoid",
+                 "model.moe_norm_topk_prob", m.moe_norm_topk_prob,
+                 "megatron-core normalises sigmoid top-k weights when moe_top_k > 1")
         if m.moe_layer_types is not None:
             _require(len(m.moe_layer_types) == m.num_layers, "model.moe_layer_types",
                      len(m.moe_layer_types), f"needs model.num_layers={m.num_layers} entries")

@@ -7,13 +7,19 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.enums import AttnBackend
-from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
+from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
-from exaone_train.model.layout import SLIDING, layer_types, moe_layers, mtp_layer_type
-from exaone_train.model.layout import padded_vocab_size, rope_skipped
+from exaone_train.model.layout import (
+    SLIDING,
+    layer_types,
+    moe_layers,
+    mtp_layer_type,
+    padded_vocab_size,
+    rope_skipped,
+)
 from exaone_train.model.specs import decoder_block_spec, mtp_block_spec
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -31,19 +37,69 @@ def use_transformer_engine(precision: PrecisionConfig) -> bool:
     return torch.cuda.is_available()
 
 
+def _layout_kwargs(m: ModelConfig) -> dict:
+    """Sliding-window and RoPE layout, one flag per megatron layer_number."""
+    types = layer_types(m)
+    skip = rope_skipped(m)
+    kw: dict = {"window_size": None, "window_attn_skip_freq": None,
+                "no_rope_freq": [int(s) for s in skip[: m.num_layers]] if any(skip) else None}
+    if m.sliding_window_tokens is not None and SLIDING in types:
+        kw["window_size"] = (m.sliding_window_tokens - 1, 0)  # HF i-W < j <= i == mcore (W-1, 0)
+        # one flag per decoder layer then per MTP layer (megatron indexes by layer_number)
+        kw["window_attn_skip_freq"] = [int(t == SLIDING) for t in
+                                       types + [mtp_layer_type(m)] * m.mtp_num_layers]
+    return kw
+
+
+def _parallel_kwargs(p: ParallelConfig) -> dict:
+    kw = dict(tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
+              virtual_pipeline_model_parallel_size=p.virtual_pp,
+              expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
+              context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel)
+    if p.recompute != "none":
+        kw.update(recompute_granularity=p.recompute,
+                  recompute_method="uniform" if p.recompute == "full" else None,
+                  recompute_num_layers=1 if p.recompute == "full" else None)
+    return kw
+
+
+def _moe_kwargs(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> dict:
+    if not m.num_experts:
+        return {}
+    return dict(
+        num_moe_experts=m.num_experts,
+        moe_ffn_hidden_size=m.moe_ffn_hidden_size,
+        moe_shared_expert_intermediate_size=m.moe_shared_expert_ffn_hidden_size,
+        moe_layer_freq=[int(x) for x in moe_layers(m)],
+        moe_router_topk=m.moe_top_k,
+        moe_router_score_function=m.moe_router_score,
+        moe_router_topk_scaling_factor=m.moe_routed_scaling_factor,
+        moe_router_enable_expert_bias=m.moe_expert_bias,
+        moe_router_bias_update_rate=m.moe_expert_bias_update_rate,
+        moe_router_load_balancing_type="seq_aux_loss" if m.moe_seq_aux_loss_coeff > 0 else "none",
+        moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff,
+        moe_z_loss_coeff=m.moe_z_loss_coeff or None,
+        moe_router_dtype="fp32",
+        moe_token_dispatcher_type=p.moe_token_dispatcher,
+        moe_grouped_gemm=use_transformer_engine(prec),  # TEGroupedMLP on GPU
+        moe_permute_fusion=False,
+    )
+
+
+def _precision_kwargs(prec: PrecisionConfig) -> dict:
+    dtype = _DTYPES[prec.dtype]
+    kw = dict(params_dtype=dtype, pipeline_dtype=dtype, bf16=prec.dtype == "bf16",
+              attention_softmax_in_fp32=True)
+    if prec.fp8 is not None:
+        kw.update(fp8="e4m3" if prec.fp8 != "delayed" else "hybrid", fp8_recipe=prec.fp8,
+                  fp8_amax_history_len=prec.fp8_amax_history_len)
+    return kw
+
+
 def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> TransformerConfig:
     """The megatron-core TransformerConfig equivalent of our recipe sections."""
-    dtype = _DTYPES[prec.dtype]
-    types = layer_types(m)
-    window = None
-    swa_flags = None
-    if m.sliding_window_tokens is not None and SLIDING in types:
-        window = (m.sliding_window_tokens - 1, 0)  # HF i-W < j <= i  ==  mcore (W-1, 0)
-        # one flag per decoder layer then per MTP layer (megatron indexes by layer_number)
-        swa_flags = [int(t == SLIDING) for t in types + [mtp_layer_type(m)] * m.mtp_num_layers]
-    skip = rope_skipped(m)
-    moe = moe_layers(m)
-    kw = dict(
+    cpu = not torch.cuda.is_available()
+    config = TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
         ffn_hidden_size=m.ffn_hidden_size,
@@ -65,59 +121,20 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
-        window_size=window,
-        window_attn_skip_freq=swa_flags,
-        no_rope_freq=[int(s) for s in skip[: m.num_layers]] if any(skip) else None,
-        tensor_model_parallel_size=p.tp,
-        pipeline_model_parallel_size=p.pp,
-        virtual_pipeline_model_parallel_size=p.virtual_pp,
-        expert_model_parallel_size=p.ep,
-        expert_tensor_parallel_size=p.etp,
-        context_parallel_size=p.cp,
-        sequence_parallel=p.sequence_parallel,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=prec.dtype == "bf16",
-        attention_softmax_in_fp32=True,
-        use_cpu_initialization=not torch.cuda.is_available(),
-        attention_backend=AttnBackend.local if not torch.cuda.is_available() else AttnBackend.auto,
+        use_cpu_initialization=cpu,
+        attention_backend=AttnBackend.local if cpu else AttnBackend.auto,
         mtp_num_layers=m.mtp_num_layers or None,
         mtp_loss_scaling_factor=m.mtp_loss_weight,
         # Loss = sum over tokens; finalize_model_grads divides by the global token count, so
         # gradient accumulation and DP give exactly the global per-token mean.
         calculate_per_token_loss=True,
+        **_layout_kwargs(m), **_parallel_kwargs(p), **_moe_kwargs(m, p, prec),
+        **_precision_kwargs(prec),
     )
-    if p.recompute != "none":
-        kw.update(recompute_granularity=p.recompute,
-                  recompute_method="uniform" if p.recompute == "full" else None,
-                  recompute_num_layers=1 if p.recompute == "full" else None)
-    if m.num_experts:
-        kw.update(
-            num_moe_experts=m.num_experts,
-            moe_ffn_hidden_size=m.moe_ffn_hidden_size,
-            moe_shared_expert_intermediate_size=m.moe_shared_expert_ffn_hidden_size,
-            moe_layer_freq=[int(x) for x in moe],
-            moe_router_topk=m.moe_top_k,
-            moe_router_score_function=m.moe_router_score,
-            moe_router_topk_scaling_factor=m.moe_routed_scaling_factor,
-            moe_router_enable_expert_bias=m.moe_expert_bias,
-            moe_router_bias_update_rate=m.moe_expert_bias_update_rate,
-            moe_router_load_balancing_type="seq_aux_loss" if m.moe_seq_aux_loss_coeff > 0 else "none",
-            moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff,
-            moe_z_loss_coeff=m.moe_z_loss_coeff or None,
-            moe_router_dtype="fp32",
-            moe_token_dispatcher_type=p.moe_token_dispatcher,
-            moe_grouped_gemm=use_transformer_engine(prec),  # TEGroupedMLP on GPU
-            moe_permute_fusion=False,
-        )
-    if prec.fp8 is not None:
-        kw.update(fp8="e4m3" if prec.fp8 != "delayed" else "hybrid", fp8_recipe=prec.fp8,
-                  fp8_amax_history_len=prec.fp8_amax_history_len)
-    config = TransformerConfig(**kw)
     # megatron-core indexes both lists by layer_number, which runs on into the MTP layers, but
     # __post_init__ insists on num_layers entries: extend them after validation.
     if config.no_rope_freq is not None:
-        config.no_rope_freq = [int(s) for s in skip]
+        config.no_rope_freq = [int(s) for s in rope_skipped(m)]
     return config
 
 
