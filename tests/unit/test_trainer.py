@@ -89,3 +89,22 @@ def test_batch_not_divisible_is_config_error(tmp_path):
     cfg = _cfg(tmp_path, "train.global_batch_samples=7")
     with pytest.raises(ConfigError, match="train.global_batch_samples"):
         trainer_mod.main(cfg)
+
+
+def test_init_from_a_training_checkpoint_loads_its_weights(tmp_path):
+    """`train.init_from=<checkpoint>/model` (the format convert from-hf also writes) gives the
+    new run exactly the weights the checkpointed run ended with."""
+    cfg = _cfg(tmp_path, "train.train_steps=2", "train.seq_length_tokens=64")
+    state.setup(cfg.parallel, cfg.seed)
+    a = trainer_mod.Trainer(cfg, trainer_mod.prepare_run_dir(cfg))
+    a.fit()
+    trained = {n: p.detach().clone() for n, p in a.model[0].named_parameters()}
+    state.teardown()
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000002" / "model"
+    cfg_b = load_recipe("tiny_cpu", [f"run.dir={tmp_path}/b", "logging.wandb=false",
+                                     "train.data_source=synthetic", f"train.init_from={ckpt}",
+                                     "model.init_std=0.5"])  # a different init, overwritten
+    state.setup(cfg_b.parallel, cfg_b.seed)
+    b = trainer_mod.Trainer(cfg_b, trainer_mod.prepare_run_dir(cfg_b))
+    for n, p in b.model[0].named_parameters():
+        assert torch.equal(p, trained[n]), n
