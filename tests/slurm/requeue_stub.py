@@ -10,6 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+
+
+def say(line: str) -> None:
+    """One write per line: both ranks share the job's log, and print() may write the text and
+    the newline separately, which interleaves two ranks' lines into one."""
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 # With STUB_WAIT_FOR_USR1=1 the first run works until Slurm's time-limit warning (SIGUSR1)
 # arrives, as the trainer does, and only then saves and exits 3.
 got_usr1 = []
@@ -23,19 +31,19 @@ info = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"]),
         "local_rank": int(os.environ["LOCAL_RANK"]), "master_addr": os.environ["MASTER_ADDR"],
         "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "argv": args}
 if marker.exists():
-    print("STUB resumed " + json.dumps(info), flush=True)
+    say("STUB resumed " + json.dumps(info))
     sys.exit(0)
 if os.environ.get("STUB_WAIT_FOR_USR1") == "1":
-    print(f"STUB rank {rank} waiting for SIGUSR1", flush=True)
+    say(f"STUB rank {rank} waiting for SIGUSR1")
     (run_dir / f"ready.rank{rank}").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / f"ready.rank{rank}").write_text("")
     deadline = time.time() + 60
     while not got_usr1 and time.time() < deadline:
         time.sleep(0.1)
-    print(f"STUB rank {rank} got SIGUSR1: {bool(got_usr1)} ({len(got_usr1)} times)", flush=True)
+    say(f"STUB rank {rank} got SIGUSR1: {bool(got_usr1)} ({len(got_usr1)} times)")
     if not got_usr1:
         sys.exit(1)
 run_dir.mkdir(parents=True, exist_ok=True)
 marker.write_text("saved\n")
-print("STUB saved-and-exit-3 " + json.dumps(info), flush=True)
+say("STUB saved-and-exit-3 " + json.dumps(info))
 sys.exit(3)
