@@ -46,4 +46,11 @@ if os.environ.get("STUB_WAIT_FOR_USR1") == "1":
 run_dir.mkdir(parents=True, exist_ok=True)
 marker.write_text("saved\n")
 say("STUB saved-and-exit-3 " + json.dumps(info))
+# As the trainer: save, then a barrier, then exit 3. torchrun stops the other ranks as soon as
+# one exits, so a rank leaving before the others have saved would lose their checkpoint. A
+# file barrier stands in for the trainer's collective one.
+deadline = time.time() + 30
+while (len(list(run_dir.glob("checkpoint.rank*"))) < int(os.environ["WORLD_SIZE"])
+       and time.time() < deadline):
+    time.sleep(0.05)
 sys.exit(3)
