@@ -21,19 +21,27 @@ def recipes_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "recipes"
 
 
-def compose_recipe(name: str = "tiny_cpu", overrides: list[str] | None = None) -> DictConfig:
-    """Resolved, struct-mode DictConfig of recipe `name` (a file in recipes/ or a path)."""
-    register_configs()
+def compose_yaml(config_dir: Path, name: str, overrides: list[str] | None,
+                 what: str) -> DictConfig:
+    """Hydra-compose `name` (a file in `config_dir`, or a .yaml path) with `overrides`;
+    Hydra/OmegaConf errors become a ConfigError naming `what`. Leaves Hydra's global state clear."""
     path = Path(name)
-    config_dir = recipes_dir()
     if path.suffix in (".yaml", ".yml") and path.exists():
         config_dir, name = path.resolve().parent, path.stem
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            cfg = compose(config_name=name, overrides=list(overrides or []))
+            return compose(config_name=name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"recipe {name}", overrides, f"could not be composed: {e}") from None
+        raise ConfigError(f"{what} {name}", overrides, f"could not be composed: {e}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_recipe(name: str = "tiny_cpu", overrides: list[str] | None = None) -> DictConfig:
+    """Resolved, struct-mode DictConfig of recipe `name` (a file in recipes/ or a path)."""
+    register_configs()
+    cfg = compose_yaml(recipes_dir(), name, overrides, "recipe")
     OmegaConf.resolve(cfg)
     return cfg
 

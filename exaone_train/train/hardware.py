@@ -1,9 +1,10 @@
 """Dense peak throughput per GPU type, for the dry-run plan and the trainer's MFU callback.
 
 Vendor datasheet figures for dense (no 2:4 sparsity) tensor-core math, in FLOP/s per GPU.
-MFU is always reported against the bf16 peak unless the run trains in FP8 and asks otherwise:
-quoting FP8 runs against the bf16 peak is the common convention, and it keeps BF16 and FP8
-runs comparable.
+The trainer reports MFU against the bf16 peak, FP8 runs included: that is the common convention
+(Megatron-LM, torchtitan), and it keeps BF16 and FP8 runs comparable. `peak_flops(fp8=True)`
+gives the FP8 figure for whoever wants the other ratio. Importing this module needs no torch
+(the dry-run plan runs on a login node).
 """
 
 from __future__ import annotations
@@ -47,3 +48,22 @@ def peak_flops(gpu_type: str, fp8: bool = False) -> float:
     if spec.fp8_dense_flops is None:
         raise ConfigError("gpu_type", gpu_type, f"{spec.name} has no FP8 tensor cores")
     return spec.fp8_dense_flops
+
+
+def detect_gpu_type() -> str | None:
+    """Key of GPU_SPECS for this process's GPU; None without CUDA or for an unknown GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().lower()
+    return next((k for k in GPU_SPECS if k in name), None)
+
+
+def mfu_peak_flops(gpu_type: str | None) -> float | None:
+    """The bf16 dense peak MFU is quoted against (FP8 runs too: see the module doc); `gpu_type`
+    None = detect. None when unknown (CPU): MFU is then not reported rather than made up."""
+    gpu = gpu_type or detect_gpu_type()
+    if gpu is None or gpu.lower() not in GPU_SPECS:
+        return None
+    return peak_flops(gpu)

@@ -4,6 +4,7 @@ parallel init -> model -> optimizer and schedule -> data -> restore -> loop."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from exaone_train.train.run_dir import prepare_run_dir
 from exaone_train.train.step import StepResult, collate, train_step
 
 log = logging.getLogger("exaone_train")
+RESULTS_KEPT = 10_000
 
 
 def build_model_chunks(cfg: RecipeConfig) -> list[DDP]:
@@ -102,7 +104,9 @@ class Trainer:
         self.data = build_data(cfg)
         self.step, self.consumed_samples, self.consumed_tokens = 0, 0, 0
         self.metrics: dict[str, Any] = {}
-        self.results: list[StepResult] = []
+        # The newest step results (fit() returns them; tests compare layouts). Bounded: a run of
+        # millions of steps must not grow memory; metrics.jsonl holds the whole history.
+        self.results: deque[StepResult] = deque(maxlen=RESULTS_KEPT)
         self.prefix = state.rank_prefix()
         dp = parallel_state.get_data_parallel_world_size()
         t = cfg.train
@@ -114,11 +118,12 @@ class Trainer:
         self.checkpointing = self._checkpointing()  # resumes from the newest valid checkpoint
 
     def _callbacks(self) -> list[cb.Callback]:
-        from exaone_train.train.hardware_peak import peak_flops_per_gpu
+        from exaone_train.train.hardware import mfu_peak_flops
 
         c = self.cfg
         flops = training_flops_per_token(c.model, c.train.seq_length_tokens)
-        cbs: list[cb.Callback] = [cb.Throughput(flops, peak_flops_per_gpu(c)), self.guard]
+        peak = mfu_peak_flops(c.logging.gpu_type)
+        cbs: list[cb.Callback] = [cb.Throughput(flops, peak), self.guard]
         if c.model.num_experts:
             cbs.append(cb.MoEStats(self.model))
         cbs += [cb.ConsoleLogger(c.logging), cb.JsonlLogger(self.run_dir)]
@@ -170,7 +175,7 @@ class Trainer:
         return result
 
     def fit(self) -> list[StepResult]:
-        """The loop. Returns every step's result (tests compare them across layouts)."""
+        """The loop. Returns the last RESULTS_KEPT steps' results (tests compare layouts)."""
         for c in self.callbacks:
             c.on_train_start(self)
         try:
@@ -182,7 +187,7 @@ class Trainer:
             for c in self.callbacks:
                 c.on_train_end(self)
         self.checkpointing.finish(self)  # reached only without an error
-        return self.results
+        return list(self.results)
 
 
 def validate_batching(cfg: RecipeConfig, dp: int) -> None:
