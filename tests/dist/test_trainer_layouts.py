@@ -66,7 +66,11 @@ def reference(tmp_path_factory):
     ("tiny_kexaone", ["parallel.ep=2"]),
     ("tiny_kexaone", ["parallel.pp=2"]),
     ("tiny_kexaone", ["parallel.ep=2", "train.micro_batch_samples=2"]),  # DP2xEP2, 2 per micro
-], ids=["exaone4_tp2", "tp2_sp", "ep2", "pp2", "dp2_ep2_mb2"])
+    # interleaved: 4 chunks of 1 layer; rank 0 holds layers 0 and 2, rank 1 layers 1 and 3
+    # (+ MTP). On 2 ranks the previous and next stage are one peer (builder._pp_peers_coincide).
+    ("tiny_exaone4", ["parallel.pp=2", "parallel.virtual_pp=2"]),
+    ("tiny_kexaone", ["parallel.pp=2", "parallel.virtual_pp=2"]),
+], ids=["exaone4_tp2", "tp2_sp", "ep2", "pp2", "dp2_ep2_mb2", "exaone4_pp2_vpp2", "pp2_vpp2"])
 def test_layout_matches_single_process(tmp_path, model, layout):
     reference = reference_for(model, tmp_path / "ref")
     init = _INIT_DIRS[model]
