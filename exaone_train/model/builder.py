@@ -152,6 +152,10 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
 def build_model(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig,
                 vp_stage: int | None = None) -> GPTModel:
     """Build this rank's part of the model (one virtual stage when `vp_stage` is given)."""
+    if (p.virtual_pp is None) != (vp_stage is None):
+        # megatron-core would silently build the layers of another stage
+        raise ValueError(f"parallel.virtual_pp={p.virtual_pp} needs one build per virtual "
+                         f"stage (vp_stage in 0..virtual_pp-1), got vp_stage={vp_stage}")
     config = transformer_config(m, p, prec)
     use_te = use_transformer_engine(prec)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()

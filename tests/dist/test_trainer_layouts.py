@@ -87,7 +87,7 @@ def assert_same_run(reference, ours, what: str) -> None:
     (loss0, gn0), (loss0_b, gn0_b) = reference[0], ours[0]
     assert abs(loss0 - loss0_b) <= 1e-6 * loss0, f"step 0 loss: {loss0} vs {what} {loss0_b}"
     assert abs(gn0 - gn0_b) <= 1e-4 * gn0, f"step 0 grad norm: {gn0} vs {what} {gn0_b}"
-    for step, ((a, _), (b, _)) in enumerate(zip(reference, ours)):
+    for step, ((a, _), (b, _)) in enumerate(zip(reference, ours, strict=True)):
         assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 proc {a} vs {what} {b}"
 
 

@@ -63,6 +63,14 @@ def test_batching_rules_of_the_pipeline_schedules(global_batch, micro, dp, vpp, 
     assert ("multiple of parallel.pp=2" if vpp else "multiple of train.micro") in str(err.value)
 
 
+def test_interleaved_build_needs_a_virtual_stage():
+    from exaone_train.model.builder import build_model
+
+    cfg = load_recipe("tiny_cpu", ["parallel.pp=2", "parallel.virtual_pp=2"])
+    with pytest.raises(ValueError, match="vp_stage=None"):
+        build_model(cfg.model, cfg.parallel, cfg.precision)
+
+
 def test_unknown_key_is_config_error():
     with pytest.raises(ConfigError, match="model.bogus"):
         load_recipe("tiny_cpu", ["model.bogus=1"])
