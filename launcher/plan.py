@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, RecipeConfig
+from exaone_train.config.validate import validate_batching
 from exaone_train.errors import ConfigError
 from exaone_train.model.counts import (
     attention_params,
@@ -281,12 +282,10 @@ def _recipe_value(cfg: RecipeConfig, *paths: str) -> Any:
 
 def _batch(cfg: RecipeConfig, dp: int, seq_len: int, micro: int, global_batch: int | None) -> int:
     gb = global_batch or _recipe_value(cfg, "train.global_batch_samples")
-    if gb is None:  # assumed: the smallest multiple of DP*micro reaching ~8M tokens
-        per = dp * micro
+    if gb is None:  # assumed: the smallest multiple of DP*micro (x PP if interleaved) ~8M tokens
+        per = dp * micro * (cfg.parallel.pp if cfg.parallel.virtual_pp is not None else 1)
         return per * max(1, math.ceil(DEFAULT_GLOBAL_BATCH_TOKENS / seq_len / per))
-    if gb % (dp * micro):
-        raise ConfigError("train.global_batch_samples", gb,
-                          f"must be a multiple of DP*micro_batch = {dp}*{micro} = {dp * micro}")
+    validate_batching(int(gb), micro, dp, cfg.parallel)
     return int(gb)
 
 

@@ -96,13 +96,37 @@ def validate_parallel(p: ParallelConfig, m: ModelConfig) -> None:
     _require(m.num_layers % stages == 0, "parallel.pp", f"{p.pp} x virtual_pp={p.virtual_pp}",
              f"pp*virtual_pp={stages} does not divide model.num_layers={m.num_layers}")
     if p.virtual_pp is not None:
-        _require(p.pp > 1 and p.virtual_pp >= 1, "parallel.virtual_pp", p.virtual_pp,
-                 "needs parallel.pp > 1")
+        _require(p.pp > 1, "parallel.virtual_pp", p.virtual_pp, "needs parallel.pp > 1")
+        # megatron-core picks the interleaved schedule for any virtual size, and that schedule
+        # wants one model chunk per virtual stage; one chunk is plain 1F1B.
+        _require(p.virtual_pp >= 2, "parallel.virtual_pp", p.virtual_pp,
+                 "must be >= 2 (or null: one stage per pipeline rank)")
 
     _require(p.moe_token_dispatcher in ("alltoall", "allgather"), "parallel.moe_token_dispatcher",
              p.moe_token_dispatcher, "must be 'alltoall' or 'allgather'")
     _require(p.recompute in ("none", "selective", "full"), "parallel.recompute", p.recompute,
              "must be none | selective | full")
+
+
+def validate_batching(global_batch_samples: int, micro_batch_samples: int, dp: int,
+                      p: ParallelConfig) -> int:
+    """The number of micro-batches per step on each data-parallel rank, checked against what
+    megatron-core's schedules assert mid-step: the interleaved schedule (parallel.virtual_pp)
+    runs micro-batches in groups of parallel.pp and refuses a count that is not a multiple."""
+    per_step = micro_batch_samples * dp
+    _require(global_batch_samples > 0 and global_batch_samples % per_step == 0,
+             "train.global_batch_samples", global_batch_samples,
+             f"must be a multiple of train.micro_batch_samples={micro_batch_samples} x "
+             f"data-parallel size {dp}")
+    num_microbatches = global_batch_samples // per_step
+    if p.virtual_pp is not None:
+        _require(num_microbatches % p.pp == 0, "train.global_batch_samples",
+                 global_batch_samples,
+                 f"gives {num_microbatches} micro-batches per data-parallel rank (/ "
+                 f"train.micro_batch_samples={micro_batch_samples} / data-parallel size {dp}); "
+                 f"the interleaved pipeline schedule (parallel.virtual_pp={p.virtual_pp}) needs "
+                 f"a multiple of parallel.pp={p.pp}")
+    return num_microbatches
 
 
 def validate_precision(prec: PrecisionConfig) -> None:
@@ -126,13 +150,6 @@ def validate_precision(prec: PrecisionConfig) -> None:
 
 def validate_backend(cfg: RecipeConfig) -> None:
     """What the trainer can run here (the planner may still lay out other layouts)."""
-    if cfg.parallel.virtual_pp is not None:
-        # The interleaved schedule builds and runs, but its step-0 loss differs from one
-        # process by 1e-4 relative and its grad norm by 8-36% (tests/dist, 2026-11-23): we
-        # refuse it rather than train on numbers we cannot reproduce. See docs/DEVELOPING.md.
-        raise ConfigError("parallel.virtual_pp", cfg.parallel.virtual_pp,
-                          "interleaved pipeline stages are not verified yet (they do not "
-                          "reproduce the 1-process losses); use parallel.virtual_pp=null")
     te = importlib.util.find_spec("transformer_engine") is not None
     local = cfg.precision.transformer_impl == "local" or not te
     if cfg.parallel.cp > 1:

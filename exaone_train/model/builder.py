@@ -51,11 +51,22 @@ def _layout_kwargs(m: ModelConfig) -> dict:
     return kw
 
 
+def _pp_peers_coincide(p: ParallelConfig) -> bool:
+    """The interleaved schedule on 2 pipeline ranks: the previous and the next stage are the
+    same rank. megatron-core's batched p2p (`batch_p2p_comm`, its default) posts that peer's
+    sends as [to prev (grad), to next (activation)] and its receives as [from prev
+    (activation), from next (grad)]; same-peer point-to-point messages match in posting order,
+    so the activation and the gradient arrive swapped (Megatron-LM issues #750, #1450). Its
+    unbatched path orders them per rank parity and is right."""
+    return p.virtual_pp is not None and p.pp == 2
+
+
 def _parallel_kwargs(p: ParallelConfig) -> dict:
     kw = dict(tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
               virtual_pipeline_model_parallel_size=p.virtual_pp,
               expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
-              context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel)
+              context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel,
+              batch_p2p_comm=not _pp_peers_coincide(p))
     if p.recompute != "none":
         kw.update(recompute_granularity=p.recompute,
                   recompute_method="uniform" if p.recompute == "full" else None,
@@ -141,6 +152,10 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
 def build_model(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig,
                 vp_stage: int | None = None) -> GPTModel:
     """Build this rank's part of the model (one virtual stage when `vp_stage` is given)."""
+    if (p.virtual_pp is None) != (vp_stage is None):
+        # megatron-core would silently build the layers of another stage
+        raise ValueError(f"parallel.virtual_pp={p.virtual_pp} needs one build per virtual "
+                         f"stage (vp_stage in 0..virtual_pp-1), got vp_stage={vp_stage}")
     config = transformer_config(m, p, prec)
     use_te = use_transformer_engine(prec)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()

@@ -15,6 +15,7 @@ from megatron.core.distributed import DistributedDataParallelConfig, finalize_mo
 from omegaconf import OmegaConf
 
 from exaone_train.config.schema import RecipeConfig
+from exaone_train.config.validate import validate_batching as _batching_rules
 from exaone_train.errors import ConfigError
 from exaone_train.model.builder import build_model
 from exaone_train.model.counts import training_flops_per_token
@@ -110,7 +111,7 @@ class Trainer:
         self.prefix = state.rank_prefix()
         dp = parallel_state.get_data_parallel_world_size()
         t = cfg.train
-        self.micro_batches = t.global_batch_samples // (t.micro_batch_samples * dp)
+        self.micro_batches = validate_batching(cfg, dp)
         self.global_batch_tokens = t.global_batch_samples * t.seq_length_tokens
         self.local_tokens = self.global_batch_tokens // dp
         self.guard = cb.StabilityGuard(cfg.guard)
@@ -190,12 +191,10 @@ class Trainer:
         return list(self.results)
 
 
-def validate_batching(cfg: RecipeConfig, dp: int) -> None:
+def validate_batching(cfg: RecipeConfig, dp: int) -> int:
+    """Micro-batches per step on each DP rank (ConfigError when the schedule cannot run)."""
     t = cfg.train
-    if t.global_batch_samples % (t.micro_batch_samples * dp):
-        raise ConfigError("train.global_batch_samples", t.global_batch_samples,
-                          f"must be a multiple of train.micro_batch_samples="
-                          f"{t.micro_batch_samples} x data-parallel size {dp}")
+    return _batching_rules(t.global_batch_samples, t.micro_batch_samples, dp, cfg.parallel)
 
 
 def main(cfg: RecipeConfig) -> list[StepResult]:

@@ -1,13 +1,14 @@
-"""A checkpoint saved under TP2, EP2, PP2 or DP2 (2 gloo processes) resumes on 1 process: the
-model, the Muon/AdamW state, the step, the consumed samples (so the data order) and the LR
-carry over. The resumed losses match the 2-process run's own continuation.
+"""A checkpoint saved under TP2, EP2, PP2, PP2 x VPP2 or DP2 (2 gloo processes) resumes on 1
+process: the model, the Muon/AdamW state, the step, the consumed samples (so the data order)
+and the LR carry over. The resumed losses match the 2-process run's own continuation.
 
 Tolerances (fp32; see tests/dist/test_trainer_layouts.py): layouts change the reduction order,
 so nothing is guaranteed bitwise. The first resumed step's loss comes from the loaded weights
-before any update in the new layout: 1e-5 relative (measured: identical for all four). The
+before any update in the new layout: 1e-5 relative (measured: identical for all five). The
 next step: 1e-4 relative (Adam/Muon amplify reduction-order differences; measured 4.7e-7 TP2,
-2.9e-8 EP2, 0 PP2 and DP2). A lost optimizer state (moments left at zero after the load)
-moves the second resumed loss by 5.0e-3 relative (measured, DP2 -> 1), so it fails."""
+2.9e-8 EP2 and PP2 x VPP2, 0 PP2 and DP2). A lost optimizer state (moments left at zero after
+the load) moves the second resumed loss by 5.0e-3 relative (measured, DP2 -> 1), so it
+fails."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def _train(run_dir: str, overrides: list[str]) -> list[tuple[int, float, float]]
     ["parallel.tp=2", "parallel.sequence_parallel=true"],
     ["parallel.ep=2"],
     ["parallel.pp=2"],
+    ["parallel.pp=2", "parallel.virtual_pp=2"],  # chunks saved as model0/model1, global layers
     [],  # DP2
-], ids=["tp2", "ep2", "pp2", "dp2"])
+], ids=["tp2", "ep2", "pp2", "pp2_vpp2", "dp2"])
 def test_resume_on_one_process_from_two_process_layout(tmp_path, layout):
     two = run_distributed(_train, 2, str(tmp_path / "two"), layout)[-1]
     ckpt = tmp_path / "two" / "checkpoints" / f"iter_{SAVE_AT:07d}"

@@ -1,15 +1,17 @@
-"""5 training steps under TP2, EP2, PP2 (2 gloo processes) give the losses of 1 process on
-the same initial weights and data; gradient accumulation 4x1 equals 1x4.
+"""5 training steps under TP2, EP2, PP2, PP2 x VPP2 (2 gloo processes) give the losses of 1
+process on the same initial weights and data; gradient accumulation 4x1 equals 1x4.
 
 Tolerances (fp32 everywhere). Layouts change the reduction order (TP all-reduce, PP p2p, EP
 all-to-all), so nothing is bitwise. Before any update (step 0) the loss must agree to 1e-6
 relative and the gradient norm (which sees every gradient of every rank) to 1e-4 (measured:
 1e-6 dense; 1.4e-5 for MoE under TP2+SP, where every parameter's gradient still matches to
-1e-5 per tensor, so the gap is in megatron-core's norm reduction, not in the update). After
+1e-5 per tensor, so the gap is in megatron-core's norm reduction, not in the update;
+PP2 x VPP2: identical losses and norms dense, MoE grad norm 2e-10 at step 0). After
 updates, Adam normalises each element, so elements whose gradient is ~0 can flip sign with
 the reduction order and move by +-lr: later losses agree to 1e-4 relative. A missing gradient
 reduction (e.g. experts not summed over ranks) shows as a step-0 grad-norm error of >1e-2 and
-loss errors of >2e-4 by step 2."""
+loss errors of >2e-4 by step 2; swapped pipeline messages (PP2 x VPP2 with megatron-core's
+batched p2p) as a step-0 loss error of 1.4e-4 and a grad-norm error of 36%."""
 
 from __future__ import annotations
 
@@ -66,7 +68,11 @@ def reference(tmp_path_factory):
     ("tiny_kexaone", ["parallel.ep=2"]),
     ("tiny_kexaone", ["parallel.pp=2"]),
     ("tiny_kexaone", ["parallel.ep=2", "train.micro_batch_samples=2"]),  # DP2xEP2, 2 per micro
-], ids=["exaone4_tp2", "tp2_sp", "ep2", "pp2", "dp2_ep2_mb2"])
+    # interleaved: 4 chunks of 1 layer; rank 0 holds layers 0 and 2, rank 1 layers 1 and 3
+    # (+ MTP). On 2 ranks the previous and next stage are one peer (builder._pp_peers_coincide).
+    ("tiny_exaone4", ["parallel.pp=2", "parallel.virtual_pp=2"]),
+    ("tiny_kexaone", ["parallel.pp=2", "parallel.virtual_pp=2"]),
+], ids=["exaone4_tp2", "tp2_sp", "ep2", "pp2", "dp2_ep2_mb2", "exaone4_pp2_vpp2", "pp2_vpp2"])
 def test_layout_matches_single_process(tmp_path, model, layout):
     reference = reference_for(model, tmp_path / "ref")
     init = _INIT_DIRS[model]
@@ -81,7 +87,7 @@ def assert_same_run(reference, ours, what: str) -> None:
     (loss0, gn0), (loss0_b, gn0_b) = reference[0], ours[0]
     assert abs(loss0 - loss0_b) <= 1e-6 * loss0, f"step 0 loss: {loss0} vs {what} {loss0_b}"
     assert abs(gn0 - gn0_b) <= 1e-4 * gn0, f"step 0 grad norm: {gn0} vs {what} {gn0_b}"
-    for step, ((a, _), (b, _)) in enumerate(zip(reference, ours)):
+    for step, ((a, _), (b, _)) in enumerate(zip(reference, ours, strict=True)):
         assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 proc {a} vs {what} {b}"
 
 

@@ -17,7 +17,8 @@ def test_shipped_recipes_validate():
     (["parallel.ep=3"], "parallel.ep", "num_experts=8"),
     (["parallel.pp=3"], "parallel.pp", "num_layers=4"),
     (["parallel.pp=2", "parallel.virtual_pp=4"], "parallel.pp", "num_layers=4"),
-    (["parallel.pp=2", "parallel.virtual_pp=2"], "parallel.virtual_pp", "not verified"),
+    (["parallel.pp=2", "parallel.virtual_pp=1"], "parallel.virtual_pp", ">= 2"),
+    (["parallel.virtual_pp=2"], "parallel.virtual_pp", "parallel.pp > 1"),
     (["model.sliding_window_tokens=0"], "model.sliding_window_tokens", "> 0"),
     (["model.sliding_window_tokens=null"], "model.sliding_window_tokens", "window size"),
     (["model.attention_pattern=LLLLLG"], "model.attention_pattern", "longer than"),
@@ -32,6 +33,42 @@ def test_bad_config_names_field(overrides, field, words):
         load_recipe("tiny_cpu", overrides)
     assert err.value.field == field
     assert words in str(err.value)
+
+
+def test_interleaved_pipeline_is_accepted():
+    p = load_recipe("tiny_cpu", ["parallel.pp=2", "parallel.virtual_pp=2"]).parallel
+    assert (p.pp, p.virtual_pp) == (2, 2)
+
+
+@pytest.mark.parametrize("global_batch, micro, dp, vpp, ok", [
+    (4, 1, 1, 2, True),  # 4 micro-batches on PP2: fine
+    (6, 1, 1, 2, True),
+    (8, 2, 2, 2, True),  # 2 micro-batches per DP rank
+    (3, 1, 1, 2, False),  # megatron-core: remainder 1 < PP=2 ("dependency bubbles")
+    (4, 2, 2, 2, False),  # 1 micro-batch per DP rank < PP ("should range in [PP, M]")
+    (3, 1, 1, None, True),  # plain 1F1B takes any count
+    (5, 2, 1, None, False),  # not a multiple of micro x dp
+])
+def test_batching_rules_of_the_pipeline_schedules(global_batch, micro, dp, vpp, ok):
+    from exaone_train.config.validate import validate_batching
+
+    overrides = ["parallel.pp=2"] + ([f"parallel.virtual_pp={vpp}"] if vpp else [])
+    p = load_recipe("tiny_cpu", overrides).parallel
+    if ok:
+        assert validate_batching(global_batch, micro, dp, p) == global_batch // (micro * dp)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate_batching(global_batch, micro, dp, p)
+    assert err.value.field == "train.global_batch_samples"
+    assert ("multiple of parallel.pp=2" if vpp else "multiple of train.micro") in str(err.value)
+
+
+def test_interleaved_build_needs_a_virtual_stage():
+    from exaone_train.model.builder import build_model
+
+    cfg = load_recipe("tiny_cpu", ["parallel.pp=2", "parallel.virtual_pp=2"])
+    with pytest.raises(ValueError, match="vp_stage=None"):
+        build_model(cfg.model, cfg.parallel, cfg.precision)
 
 
 def test_unknown_key_is_config_error():
