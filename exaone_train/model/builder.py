@@ -55,7 +55,8 @@ def _parallel_kwargs(p: ParallelConfig) -> dict:
     kw = dict(tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
               virtual_pipeline_model_parallel_size=p.virtual_pp,
               expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
-              context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel)
+              context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel,
+              cp_comm_type=p.cp_comm_type if p.cp > 1 else None)
     if p.recompute != "none":
         kw.update(recompute_granularity=p.recompute,
                   recompute_method="uniform" if p.recompute == "full" else None,
