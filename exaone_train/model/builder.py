@@ -67,6 +67,13 @@ def _parallel_kwargs(p: ParallelConfig) -> dict:
 def _moe_kwargs(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> dict:
     if not m.num_experts:
         return {}
+    # With calculate_per_token_loss megatron-core multiplies each rank's aux / z loss by the
+    # rank's *local* token count before finalize_model_grads divides by the global one. The
+    # router sees 1/(tp*cp) of the tokens (sequence parallelism, context parallelism) while
+    # its statistics are already reduced over that tp_cp group, so the summed gradient comes
+    # out tp*cp times too small. Scaling the coefficients by tp*cp gives the 1-process
+    # gradient; the logged losses are divided by the coefficient, so they do not change.
+    token_split = p.tp * p.cp
     return dict(
         num_moe_experts=m.num_experts,
         moe_ffn_hidden_size=m.moe_ffn_hidden_size,
@@ -78,8 +85,8 @@ def _moe_kwargs(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> dic
         moe_router_enable_expert_bias=m.moe_expert_bias,
         moe_router_bias_update_rate=m.moe_expert_bias_update_rate,
         moe_router_load_balancing_type="seq_aux_loss" if m.moe_seq_aux_loss_coeff > 0 else "none",
-        moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff,
-        moe_z_loss_coeff=m.moe_z_loss_coeff or None,
+        moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff * token_split,
+        moe_z_loss_coeff=m.moe_z_loss_coeff * token_split or None,
         moe_router_dtype="fp32",
         moe_token_dispatcher_type=p.moe_token_dispatcher,
         moe_grouped_gemm=use_transformer_engine(prec),  # TEGroupedMLP on GPU
