@@ -188,7 +188,7 @@ def activation_formula() -> str:
         "Q/K/V before and after QK-norm+RoPE, core-attention out) + dense MLP [2h + 3f] or "
         "MoE [2h + k(h + 3f_e) + 3f_s] (norm in, router/fc1 in, per routed copy: permuted "
         "input, gate/up, SwiGLU out; shared expert); without flash attention "
-        "(transformer_impl=local) recompute=none also stores 2*e*a*s^2*b/(CP^2*TP) of scores "
+        "(transformer_impl=local) recompute=none also stores 2*e*a*s^2*b/(CP*TP) of scores "
         "and probabilities, which selective recompute (core_attn) drops; with Transformer "
         "Engine's flash attention selective == none. recompute=full: X = h (layer input only) "
         "plus one layer's recompute working set per stage. Peak on pipeline rank 0 = "
@@ -230,8 +230,9 @@ def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
     if p.recompute == "full":
         return [e * s * b * m.hidden_size / (p.tp if p.sequence_parallel else 1)] * m.num_layers
     flash = cfg.precision.transformer_impl != "local"
+    # local attention under CP: this rank's s/CP queries against all (all-gathered) keys
     scores = 0.0 if flash or p.recompute != "none" else (
-        2 * e * m.num_attention_heads * s * s * b / p.tp)
+        2 * e * m.num_attention_heads * s * seq_len_tokens * b / p.tp)
     return [e * s * b * _layer_activation_elems(m, moe, p.sequence_parallel, p.tp) + scores
             for moe in moe_layers(m)]
 

@@ -72,6 +72,10 @@ class ParallelConfig:
     virtual_pp: int | None = None  # virtual stages per pipeline rank (interleaved 1F1B)
     ep: int = 1
     cp: int = 1
+    # How attention exchanges the sequence under cp > 1 (megatron-core / TE cp_comm_type):
+    # all_gather (K/V all-gathered; the only one on the local path) | a2a (Ulysses: heads
+    # scattered) | p2p / a2a+p2p (ring; TE only, no sliding window).
+    cp_comm_type: str = "all_gather"
     sequence_parallel: bool = False  # requires tp > 1
     expert_tp: int | None = None  # tensor parallelism inside experts; None = same as tp
     moe_token_dispatcher: str = "alltoall"

@@ -7,8 +7,10 @@ import importlib.util
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RecipeConfig
 from exaone_train.errors import ConfigError
+from exaone_train.model.layout import SLIDING, layer_types
 
 _FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
+_CP_COMM_TYPES = ("all_gather", "a2a", "p2p", "a2a+p2p")
 
 
 def _require(cond: bool, field: str, value: object, rule: str) -> None:
@@ -102,6 +104,8 @@ def validate_parallel(p: ParallelConfig, m: ModelConfig) -> None:
         _require(p.virtual_pp >= 2, "parallel.virtual_pp", p.virtual_pp,
                  "must be >= 2 (or null: one stage per pipeline rank)")
 
+    _require(p.cp_comm_type in _CP_COMM_TYPES, "parallel.cp_comm_type", p.cp_comm_type,
+             f"must be one of {_CP_COMM_TYPES}")
     _require(p.moe_token_dispatcher in ("alltoall", "allgather"), "parallel.moe_token_dispatcher",
              p.moe_token_dispatcher, "must be 'alltoall' or 'allgather'")
     _require(p.recompute in ("none", "selective", "full"), "parallel.recompute", p.recompute,
@@ -148,14 +152,38 @@ def validate_precision(prec: PrecisionConfig) -> None:
                  "Transformer Engine is not installed")
 
 
+def validate_context_parallel(cfg: RecipeConfig, local: bool) -> None:
+    """cp > 1: the load-balanced layout's length rule and what each attention path runs."""
+    p, m, seq = cfg.parallel, cfg.model, cfg.train.seq_length_tokens
+    # each rank holds chunks r and 2cp-1-r of 2cp (megatron-core's RoPE slices it so)
+    _require(seq % (2 * p.cp) == 0, "train.seq_length_tokens", seq,
+             f"must be divisible by 2*parallel.cp={2 * p.cp} (load-balanced CP chunks)")
+    if p.sequence_parallel:
+        _require((seq // p.cp) % p.tp == 0, "train.seq_length_tokens", seq,
+                 f"each CP rank's {seq // p.cp} tokens must split over parallel.tp={p.tp} "
+                 "(sequence parallelism)")
+    if local:
+        _require(p.cp_comm_type == "all_gather", "parallel.cp_comm_type", p.cp_comm_type,
+                 "the local attention path implements 'all_gather' only (Transformer Engine "
+                 "is not installed or precision.transformer_impl=local)")
+        return
+    # TE's ring (p2p) context parallelism has no sliding window; a2a and all_gather do
+    _require(SLIDING not in layer_types(m) or p.cp_comm_type in ("all_gather", "a2a"),
+             "parallel.cp_comm_type", p.cp_comm_type,
+             "Transformer Engine supports sliding-window layers under context parallelism "
+             "only with 'all_gather' or 'a2a'")
+    if p.cp_comm_type == "a2a":  # Ulysses scatters the (TP-local) KV heads over CP
+        _require((m.num_query_groups // p.tp) % p.cp == 0, "parallel.cp", p.cp,
+                 f"cp_comm_type=a2a needs parallel.cp to divide the KV heads per TP rank "
+                 f"(model.num_query_groups={m.num_query_groups} / parallel.tp={p.tp})")
+
+
 def validate_backend(cfg: RecipeConfig) -> None:
     """What the trainer can run here (the planner may still lay out other layouts)."""
     te = importlib.util.find_spec("transformer_engine") is not None
     local = cfg.precision.transformer_impl == "local" or not te
     if cfg.parallel.cp > 1:
-        _require(not local, "parallel.cp", cfg.parallel.cp,
-                 "context parallelism runs inside Transformer Engine attention, which is not "
-                 "installed (or precision.transformer_impl=local)")
+        validate_context_parallel(cfg, local)
     if not local and cfg.train.document_attention_mask:
         raise ConfigError("train.document_attention_mask", True,
                           "is not yet supported on the Transformer Engine path (needs packed "

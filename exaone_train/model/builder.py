@@ -66,7 +66,8 @@ def _parallel_kwargs(p: ParallelConfig) -> dict:
               virtual_pipeline_model_parallel_size=p.virtual_pp,
               expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
               context_parallel_size=p.cp, sequence_parallel=p.sequence_parallel,
-              batch_p2p_comm=not _pp_peers_coincide(p))
+              batch_p2p_comm=not _pp_peers_coincide(p),
+              cp_comm_type=p.cp_comm_type if p.cp > 1 else None)
     if p.recompute != "none":
         kw.update(recompute_granularity=p.recompute,
                   recompute_method="uniform" if p.recompute == "full" else None,
@@ -77,6 +78,13 @@ def _parallel_kwargs(p: ParallelConfig) -> dict:
 def _moe_kwargs(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> dict:
     if not m.num_experts:
         return {}
+    # With calculate_per_token_loss megatron-core multiplies each rank's aux / z loss by the
+    # rank's *local* token count before finalize_model_grads divides by the global one. The
+    # router sees 1/(tp*cp) of the tokens (sequence parallelism, context parallelism) while
+    # its statistics are already reduced over that tp_cp group, so the summed gradient comes
+    # out tp*cp times too small. Scaling the coefficients by tp*cp gives the 1-process
+    # gradient; the logged losses are divided by the coefficient, so they do not change.
+    token_split = p.tp * p.cp
     return dict(
         num_moe_experts=m.num_experts,
         moe_ffn_hidden_size=m.moe_ffn_hidden_size,
@@ -88,8 +96,8 @@ def _moe_kwargs(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> dic
         moe_router_enable_expert_bias=m.moe_expert_bias,
         moe_router_bias_update_rate=m.moe_expert_bias_update_rate,
         moe_router_load_balancing_type="seq_aux_loss" if m.moe_seq_aux_loss_coeff > 0 else "none",
-        moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff,
-        moe_z_loss_coeff=m.moe_z_loss_coeff or None,
+        moe_aux_loss_coeff=m.moe_seq_aux_loss_coeff * token_split,
+        moe_z_loss_coeff=m.moe_z_loss_coeff * token_split or None,
         moe_router_dtype="fp32",
         moe_token_dispatcher_type=p.moe_token_dispatcher,
         moe_grouped_gemm=use_transformer_engine(prec),  # TEGroupedMLP on GPU

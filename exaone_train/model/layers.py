@@ -7,7 +7,9 @@
   TP) gives exactly that, and keeps megatron-core's TransformerLayer untouched.
 - `LocalCoreAttention`: causal attention with HF sliding-window semantics and an optional
   document mask, for the CPU / local path. megatron-core's local DotProductAttention replaces
-  any given mask with the window mask, so a packed sample's document mask would be lost.
+  any given mask with the window mask, so a packed sample's document mask would be lost (and
+  it refuses context parallelism). Under CP it all-gathers K/V over the CP group
+  (`exaone_train.parallel.context`) and masks on global positions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from megatron.core.tensor_parallel.layers import RowParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
+
+from exaone_train.parallel.context import gather_sequence, load_balanced_positions
 
 
 class RMSNorm(torch.nn.Module):
@@ -56,6 +60,11 @@ class LocalCoreAttention(MegatronModule):
     Mask = causal AND (sliding window on window layers) AND NOT `attention_mask` (megatron
     convention: True = masked). Window semantics follow `config.window_size=(W-1, 0)`: key j is
     visible from query i iff i - (W-1) <= j <= i, i.e. HF's i - W < j <= i.
+
+    Context parallelism (the CP group of `pg_collection` has size > 1): q/k/v hold this rank's
+    load-balanced chunks (`load_balanced_positions`); K and V are all-gathered into global
+    order, and the masks compare global positions. `attention_mask` is then [b, 1, s_local, s]:
+    rows are this rank's queries in local order, columns every key in global order.
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type,
@@ -70,19 +79,33 @@ class LocalCoreAttention(MegatronModule):
             self.window_left = int(config.window_size[0])
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.cp_group = getattr(pg_collection, "cp", None)
+        if cp_comm_type not in (None, "all_gather"):
+            raise ValueError(f"local attention implements cp_comm_type='all_gather' only, "
+                             f"not {cp_comm_type!r}")
+
+    def _positions(self, sq: int, sk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global positions of the query rows and key columns."""
+        group = self.cp_group
+        if group is not None and group.size() > 1:
+            q_pos = load_balanced_positions(sk, group.size(), group.rank()).to(device)
+        else:
+            q_pos = torch.arange(sq, device=device) + (sk - sq)
+        return q_pos, torch.arange(sk, device=device)
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if packed_seq_params is not None:
             raise NotImplementedError("packed (THD) sequences need the Transformer Engine path")
+        if self.cp_group is not None and self.cp_group.size() > 1:
+            key, value = gather_sequence(key, self.cp_group), gather_sequence(value, self.cp_group)
         # [s, b, heads, d] -> [b, heads, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if q.shape[1] != k.shape[1]:
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        sq, sk = q.shape[2], k.shape[2]
-        i = torch.arange(sq, device=q.device).unsqueeze(1) + (sk - sq)
-        j = torch.arange(sk, device=q.device).unsqueeze(0)
+        i, j = self._positions(q.shape[2], k.shape[2], q.device)
+        i, j = i.unsqueeze(1), j.unsqueeze(0)
         allowed = j <= i
         if self.window_left is not None:
             allowed = allowed & (j >= i - self.window_left)

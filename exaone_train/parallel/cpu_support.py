@@ -33,12 +33,16 @@ def _is_cuda_device(device: Any) -> bool:
 class _CudaToCpuMode(TorchFunctionMode):
     """megatron-core creates many tensors with `device="cuda"` or
     `device=torch.cuda.current_device()` (buffers, masks, dummy overflow flags) and moves others
-    with `.cuda()`/`.to("cuda")`. On CPU those must land on the CPU instead."""
+    with `.cuda()`/`.to("cuda")`. On CPU those must land on the CPU instead. Some are staged in
+    pinned host memory first (RoPE's context-parallel slice: `pin_memory=True`), which needs a
+    CUDA host allocator: on CPU they are ordinary tensors."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs["device"] = "cpu"
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.cuda:
             return args[0]
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):

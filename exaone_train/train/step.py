@@ -16,33 +16,44 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from exaone_train.optim.clip import clip_grad_norm_ as _clip
 from exaone_train.optim.clip import grad_norm as _grad_norm
+from exaone_train.parallel.context import slice_for_cp_rank
 
 
 @dataclass
 class Batch:
-    """One micro-batch, [batch, seq] tensors (megatron's GPTModel transposes internally)."""
+    """One micro-batch, [batch, seq] tensors (megatron's GPTModel transposes internally).
+
+    Under context parallelism the tensors hold this CP rank's load-balanced part of the
+    sequence (`exaone_train.parallel.context`), and `attention_mask` is [b, 1, s_local, s]:
+    this rank's queries against every key in global order."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None  # [b, 1, s, s] bool, True = masked (other document)
+    attention_mask: torch.Tensor | None  # [b, 1, s_q, s] bool, True = masked (other document)
 
 
-def collate(samples: Sequence[Any], document_mask: bool, reset_positions: bool) -> Batch:
-    """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids, position_ids)."""
+def collate(samples: Sequence[Any], document_mask: bool, reset_positions: bool,
+            cp_size: int = 1, cp_rank: int = 0) -> Batch:
+    """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids, position_ids) and
+    keep CP rank `cp_rank`'s part of the sequence (megatron-LM's get_batch_on_this_cp_rank)."""
     tokens = torch.from_numpy(np.stack([s.tokens for s in samples])).long()
     docs = torch.from_numpy(np.stack([s.document_ids for s in samples]))
     if reset_positions:
         pos = torch.from_numpy(np.stack([s.position_ids for s in samples])).long()
     else:
         pos = torch.arange(tokens.shape[1] - 1).unsqueeze(0).expand(len(samples), -1)
+    loss_mask = torch.from_numpy(np.stack([s.loss_mask for s in samples])).float()
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return slice_for_cp_rank(t.contiguous(), 1, cp_size, cp_rank)
+
     mask = None
-    if document_mask:
-        mask = (docs.unsqueeze(2) != docs.unsqueeze(1)).unsqueeze(1)
-    return Batch(input_ids=tokens[:, :-1].contiguous(), labels=tokens[:, 1:].contiguous(),
-                 loss_mask=torch.from_numpy(np.stack([s.loss_mask for s in samples])).float(),
-                 position_ids=pos.contiguous(), attention_mask=mask)
+    if document_mask:  # local query rows x all key columns, never the full s x s under CP
+        mask = (local(docs).unsqueeze(2) != docs.unsqueeze(1)).unsqueeze(1)
+    return Batch(input_ids=local(tokens[:, :-1]), labels=local(tokens[:, 1:]),
+                 loss_mask=local(loss_mask), position_ids=local(pos), attention_mask=mask)
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):

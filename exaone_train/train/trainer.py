@@ -113,7 +113,9 @@ class Trainer:
         t = cfg.train
         self.micro_batches = validate_batching(cfg, dp)
         self.global_batch_tokens = t.global_batch_samples * t.seq_length_tokens
-        self.local_tokens = self.global_batch_tokens // dp
+        # tokens this rank feeds through the model per step (CP ranks hold 1/cp of each sample)
+        self.local_tokens = self.global_batch_tokens // (
+            dp * parallel_state.get_context_parallel_world_size())
         self.guard = cb.StabilityGuard(cfg.guard)
         self.callbacks = self._callbacks()
         self.checkpointing = self._checkpointing()  # resumes from the newest valid checkpoint
@@ -149,8 +151,10 @@ class Trainer:
         mine = self.data.rank_slice(indices, parallel_state.get_data_parallel_rank(),
                                     parallel_state.get_data_parallel_world_size())
         mb = t.micro_batch_samples
+        cp_size = parallel_state.get_context_parallel_world_size()
+        cp_rank = parallel_state.get_context_parallel_rank()
         return [collate([self.data[i] for i in mine[k:k + mb]], t.document_attention_mask,
-                        t.reset_position_ids) for k in range(0, len(mine), mb)]
+                        t.reset_position_ids, cp_size, cp_rank) for k in range(0, len(mine), mb)]
 
     def done(self) -> bool:
         t = self.cfg.train

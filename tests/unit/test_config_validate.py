@@ -87,11 +87,52 @@ def test_vocab_padded_for_tp():
     assert padded_vocab_size(m, 3) == 4224  # multiple of 128*3
 
 
-def test_context_parallel_needs_transformer_engine():
-    import importlib.util
+def test_context_parallel_runs_on_the_local_path():
+    cfg = load_recipe("tiny_cpu", ["parallel.cp=2", "precision.transformer_impl=local"])
+    assert cfg.parallel.cp == 2 and cfg.parallel.cp_comm_type == "all_gather"
 
-    if importlib.util.find_spec("transformer_engine") is not None:
-        pytest.skip("Transformer Engine is installed here")
-    with pytest.raises(ConfigError, match="Transformer Engine") as err:
-        load_recipe("tiny_cpu", ["parallel.cp=2"])
-    assert err.value.field == "parallel.cp"
+
+@pytest.mark.parametrize("overrides, field, words", [
+    (["parallel.cp=2", "train.seq_length_tokens=258"], "train.seq_length_tokens", "2*parallel.cp=4"),
+    (["parallel.cp=3"], "train.seq_length_tokens", "2*parallel.cp=6"),  # 256 % 6
+    (["parallel.cp_comm_type=ring"], "parallel.cp_comm_type", "must be one of"),
+    (["parallel.cp=2", "parallel.cp_comm_type=a2a", "precision.transformer_impl=local"],
+     "parallel.cp_comm_type", "'all_gather' only"),
+    (["model=kexaone_236b", "parallel.tp=4", "parallel.sequence_parallel=true", "parallel.cp=2",
+      "train.seq_length_tokens=12"], "train.seq_length_tokens", "parallel.tp=4"),
+])
+def test_bad_context_parallel_names_field(overrides, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("tiny_cpu", overrides)
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("model, comm, cp, field, words", [
+    # TE's ring CP has no sliding window; K-EXAONE / EXAONE 4.0 32B have window layers
+    ("kexaone_236b", "p2p", 2, "parallel.cp_comm_type", "'all_gather' or 'a2a'"),
+    ("exaone4_32b", "a2a+p2p", 2, "parallel.cp_comm_type", "'all_gather' or 'a2a'"),
+    ("kexaone_236b", "a2a", 16, "parallel.cp", "num_query_groups=8"),  # Ulysses splits KV heads
+])
+def test_transformer_engine_context_parallel_rules(model, comm, cp, field, words):
+    """The TE path's rules, checked directly (TE is not installed on the CPU CI)."""
+    from exaone_train.config.validate import validate_context_parallel
+
+    cfg = load_recipe("tiny_cpu", [f"model={model}"])
+    cfg.parallel.cp, cfg.parallel.cp_comm_type = cp, comm
+    with pytest.raises(ConfigError) as err:
+        validate_context_parallel(cfg, local=False)
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+def test_transformer_engine_context_parallel_accepts_all_gather_and_a2a():
+    from exaone_train.config.validate import validate_context_parallel
+
+    cfg = load_recipe("tiny_cpu", ["model=kexaone_236b", "parallel.cp=2"])
+    for comm in ("all_gather", "a2a"):
+        cfg.parallel.cp_comm_type = comm
+        validate_context_parallel(cfg, local=False)
+    cfg = load_recipe("tiny_cpu", ["model=exaone4_1p2b", "parallel.cp=2"])  # no window layers
+    cfg.parallel.cp_comm_type = "p2p"
+    validate_context_parallel(cfg, local=False)
