@@ -7,7 +7,7 @@ from exaone_train.optim.layer_wise import _buckets, assign_owners
 def test_owners_balance_by_size_largest_first():
     numels = [100, 1, 1, 60, 50, 1, 10]
     owners = assign_owners(numels, 2)
-    loads = [sum(n for n, o in zip(numels, owners) if o == r) for r in range(2)]
+    loads = [sum(n for n, o in zip(numels, owners, strict=True) if o == r) for r in range(2)]
     assert owners[0] == 0 and owners[3] == 1 and owners[4] == 1  # 100 | 60 + 50
     assert loads == [112, 111]
     assert assign_owners(numels, 2) == owners  # deterministic
