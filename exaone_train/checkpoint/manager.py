@@ -173,13 +173,14 @@ class CheckpointManager:
         name = iter_name(trainer.step)
         tmp, dest = self.dir / f".tmp_{name}", self.dir / name
         self._prepare_tmp(tmp)
+        adamw_step = sharded.adamw_step(trainer.optimizer)  # collective: before any failure
         err = ""
         try:
             dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),
                                     str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
                                     async_sharded_save=False)
             _fault("kill_during_save", trainer.step)
-            self._write_rank_files(trainer, tmp)
+            self._write_rank_files(trainer, tmp, adamw_step)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - disk full / read-only
             # arrive wrapped in torch DCP's CheckpointException (a BaseException)
             err = f"{type(e).__name__}: {e}"
@@ -221,17 +222,19 @@ class CheckpointManager:
                                   f" (disk full or read-only?). Older checkpoints in {self.dir} "
                                   "are untouched.")
 
-    def _write_rank_files(self, trainer: Trainer, tmp: Path) -> None:
+    def _write_rank_files(self, trainer: Trainer, tmp: Path, adamw_step: float) -> None:
         torch.save(rng_state(), tmp / RNG_DIR / f"rank_{_rank():05d}.pt")
         if _rank() != 0:
             return
-        verify.write_json_durable(tmp / TRAIN_STATE, self.train_state(trainer))
+        verify.write_json_durable(tmp / TRAIN_STATE, self.train_state(trainer, adamw_step))
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.recipe)))
         from exaone_train.train.run_dir import run_info
 
         (tmp / "run_info.json").write_text(json.dumps(run_info(), indent=2))
 
-    def train_state(self, trainer: Trainer) -> dict:
+    def train_state(self, trainer: Trainer, adamw_step: float) -> dict:
+        """`adamw_step`: `sharded.adamw_step(trainer.optimizer)`, taken on every rank (with the
+        distributed optimizer rank 0 may own no AdamW parameter)."""
         stage = getattr(trainer, "stage_name", "main")
         stages = dict(getattr(trainer, "stage_progress", {}) or {})
         stages[stage] = {"steps": trainer.step, "consumed_samples": trainer.consumed_samples,
@@ -239,7 +242,7 @@ class CheckpointManager:
         return {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
                 "consumed_tokens": trainer.consumed_tokens, "stage": stage, "stages": stages,
                 "schedule": {"consumed_tokens": trainer.consumed_tokens},
-                "adamw_step": sharded.adamw_step(trainer.optimizer),
+                "adamw_step": adamw_step,
                 "data": trainer.data.state_dict(), "guard": trainer.guard.state_dict(),
                 "layout": layout()}
 

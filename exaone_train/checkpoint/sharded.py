@@ -12,14 +12,22 @@ EP / PP / DP change reshards it like the weight. Hyperparameters come from the r
 from the WSD schedule (a function of consumed tokens); the AdamW step count (shared by every
 AdamW parameter) goes in the train state. bf16 runs also save the fp32 master weights as
 `optimizer.state.fp32_param.<model key>`.
+
+Distributed optimizer (`optim.layer_wise`): a rank holds state only for the parameters it
+owns, so it saves and asks to load only those; its copy is marked the main replica in the DP
+dimension (the model weight's own main replica is DP rank 0, which may not own it). The files
+are the same as without it: each state tensor once, with the weight's sharding, so either
+setting (and any layout) loads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
@@ -47,17 +55,25 @@ def load_model_into(chunks: list, loaded: dict) -> None:
         unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
 
 
+def megatron_optimizers(optimizer: Any) -> list:
+    """The MegatronOptimizers inside `optimizer` (a ChainedOptimizer, e.g. the layer-wise
+    distributed optimizer, holds a list)."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
 def param_pairs(optimizer: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(model parameter, the parameter the inner optimizer steps) for every parameter."""
-    if hasattr(optimizer, "float16_groups"):  # Float16OptimizerWithFloat16Params (bf16)
-        for model_group, main_group in zip(optimizer.float16_groups,
-                                           optimizer.fp32_from_float16_groups, strict=False):
-            yield from zip(model_group, main_group, strict=False)
-        for group in optimizer.fp32_from_fp32_groups:
-            yield from ((p, p) for p in group)
-        return
-    for group in optimizer.optimizer.param_groups:
-        yield from ((p, p) for p in group["params"])
+    """(model parameter, the parameter the inner optimizer steps) for every parameter this
+    rank's optimizer steps (with the distributed optimizer: the ones it owns)."""
+    for opt in megatron_optimizers(optimizer):
+        if hasattr(opt, "float16_groups"):  # Float16OptimizerWithFloat16Params (bf16)
+            for model_group, main_group in zip(opt.float16_groups,
+                                               opt.fp32_from_float16_groups, strict=False):
+                yield from zip(model_group, main_group, strict=False)
+            for group in opt.fp32_from_fp32_groups:
+                yield from ((p, p) for p in group)
+            continue
+        for group in opt.optimizer.param_groups:
+            yield from ((p, p) for p in group["params"])
 
 
 def materialize_state(optimizer: Any) -> None:
@@ -84,17 +100,29 @@ def _sharded_by_param(model_sd: dict) -> dict[int, ShardedTensor | ShardedTensor
     return out
 
 
+def _owner_replica(sharded: Any) -> Any:
+    """The model tensor's sharding with this rank as the DP main replica: megatron's
+    replica_id is (pipeline, TP, DP) (DP = DP x CP rank, expert-DP rank for experts); TP
+    duplicates keep their TP index, so one TP rank writes a TP-replicated parameter's state."""
+    rid = sharded.replica_id
+    return replace(sharded, replica_id=(*rid[:-1], 0) if isinstance(rid, tuple) else 0)
+
+
 def optimizer_state(optimizer: Any, model_sd: dict) -> dict:
-    """{index: {state name: ShardedTensor}} for every parameter (see module docstring)."""
+    """{index: {state name: ShardedTensor}} for every parameter this rank steps (see module
+    docstring)."""
     materialize_state(optimizer)
     inner = optimizer.optimizer
     by_param = _sharded_by_param(model_sd)
+    owner = getattr(optimizer, "dp_sharded", False)
     out: dict[str, dict] = {}
     for i, (model_p, main_p) in enumerate(param_pairs(optimizer)):
         sharded = by_param.get(id(model_p))
         if sharded is None:
             raise RuntimeError(f"optimizer parameter {tuple(model_p.shape)} has no sharded "
                                "model tensor (not in the model's sharded_state_dict)")
+        if owner:
+            sharded = _owner_replica(sharded)
         entry = {k: make_sharded_optimizer_tensor(sharded, v, f"optimizer.state.{k}")
                  for k, v in inner.state[main_p].items() if k != "step"}
         if main_p is not model_p:
@@ -120,11 +148,18 @@ def load_optimizer_from(optimizer: Any, loaded: dict, adamw_step: float) -> None
 
 
 def adamw_step(optimizer: Any) -> float:
-    """The step count every AdamW parameter shares (0 before the first step)."""
+    """The step count every AdamW parameter shares (0 before the first step). Collective with
+    the distributed optimizer (a rank may own no AdamW parameter): call it on every rank."""
     steps = {float(s["step"]) for s in optimizer.optimizer.state.values() if "step" in s}
     if len(steps) > 1:
         raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(steps)}")
-    return steps.pop() if steps else 0.0
+    step = steps.pop() if steps else 0.0
+    if getattr(optimizer, "dp_sharded", False) and dist.is_initialized():
+        t = torch.tensor([step], dtype=torch.float64,
+                         device="cuda" if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        step = float(t.item())
+    return step
 
 
 def full_state(chunks: list, optimizer: Any) -> dict:

@@ -1,7 +1,8 @@
 """Global gradient norm and clipping for `MuonAdamW`, counting every parameter once across
 TP / PP / EP ranks (megatron-core's rules: TP-duplicated and `shared` copies are skipped; dense
 grads are summed over the model-parallel group, routed-expert grads over the expert
-TP x EP x PP group)."""
+TP x EP x PP group). With the layer-wise distributed optimizer each rank steps only the
+parameters it owns: the sums are then over every rank (see `grad_norm`)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,22 @@ def _sum_squares(dense: list[torch.Tensor], expert: list[torch.Tensor],
     return squares[:len(dense)].sum(), squares[len(dense):].sum()
 
 
-def grad_norm(optimizer: Optimizer) -> float:
-    """L2 norm of the whole model's gradient (the same on every rank)."""
+def grad_norm(optimizer: Optimizer, dp_sharded: bool = False) -> float:
+    """L2 norm of the whole model's gradient (the same on every rank).
+
+    `dp_sharded`: `optimizer` holds only the parameters this rank owns, each owned by one rank
+    of its DP x CP (dense) or expert-DP (routed experts) group (`optim.layer_wise`). The owners
+    of one replica set partition it, so the dense sum over TP x PP x DP x CP and the expert sum
+    over expert-TP x EP x PP x expert-DP are both sums over every rank: one all-reduce."""
     from megatron.core import parallel_state as ps
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dense, expert = _sum_squares(*_grads(optimizer), device)
-    if ps.model_parallel_is_initialized() and dist.is_initialized():
+    if dp_sharded and dist.is_initialized():
+        sums = torch.stack([dense, expert])
+        dist.all_reduce(sums)
+        dense, expert = sums[0], sums[1]
+    elif ps.model_parallel_is_initialized() and dist.is_initialized():
         dist.all_reduce(dense, group=ps.get_model_parallel_group())
         dist.all_reduce(expert, group=ps.get_expert_tensor_model_pipeline_parallel_group())
     return float((dense + expert).sqrt())

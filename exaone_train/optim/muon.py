@@ -18,8 +18,9 @@ shard, so TP=N gives the TP=1 update. Layouts that are not a plain concatenation
 Blocks (qkv_split / fc1_split) are orthogonalised and RMS-scaled each by its own shape.
 
 Grads: `p.grad`, else megatron DDP's `p.main_grad`. Grads must already be reduced over data
-parallel ranks (DDP); this optimizer keeps whole-parameter state on every DP rank (no
-distributed-optimizer sharding; see docs/optim.md).
+parallel ranks (DDP). State is per whole parameter, for the parameters in its groups: every
+parameter on every DP rank, or with the distributed optimizer (`optim.layer_wise`) only the
+ones this rank owns (see docs/optim.md).
 """
 
 from __future__ import annotations

@@ -158,6 +158,34 @@ def _patch_clip_grads() -> None:
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_cpu
 
 
+def _patch_float16_optimizer() -> None:
+    from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params as F16
+
+    original = F16.__init__
+
+    # Float16OptimizerWithFloat16Params sorts parameters into bf16/fp16 (gets an fp32 master
+    # copy) and fp32 by `param.type()` in ('torch.cuda.BFloat16Tensor', ...) and raises on any
+    # other type, so CPU parameters ('torch.BFloat16Tensor') fail. During its __init__ only,
+    # `type()` (no arguments) answers the CUDA name of the same dtype.
+    @functools.wraps(original)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        real_type = torch.Tensor.type
+
+        def cuda_type_name(t: torch.Tensor, *a: Any, **k: Any) -> Any:
+            name = real_type(t, *a, **k)
+            if not a and not k and isinstance(name, str) and not name.startswith("torch.cuda."):
+                return name.replace("torch.", "torch.cuda.", 1)
+            return name
+
+        torch.Tensor.type = cuda_type_name  # type: ignore[method-assign,assignment]
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            torch.Tensor.type = real_type  # type: ignore[method-assign]
+
+    F16.__init__ = __init__  # type: ignore[method-assign]
+
+
 def install() -> bool:
     """Apply the CPU patches once. Returns True when they are active (no CUDA here)."""
     global _INSTALLED
@@ -170,6 +198,7 @@ def install() -> bool:
     _patch_moe_utils()
     _patch_all_to_all()
     _patch_clip_grads()
+    _patch_float16_optimizer()
     # Enter the mode for the life of the process: megatron-core builds CUDA tensors lazily
     # (during forward, in the schedules) so a narrower scope would miss some.
     _CudaToCpuMode().__enter__()

@@ -131,8 +131,10 @@ def train_step(model_chunks: list, optimizer, batches: list[Batch], seq_length: 
         return StepResult(loss, num_tokens, None, True, reason)
     optimizer.prepare_grads()  # main_grad -> grad (fp32 master grads for bf16 params)
     # One norm over every parameter, each counted once across TP/PP/EP (dense grads reduced
-    # over the model-parallel group, routed experts over the expert TP x EP x PP group).
-    grad_norm = _grad_norm(optimizer.optimizer)
+    # over the model-parallel group, routed experts over the expert TP x EP x PP group) and,
+    # with the distributed optimizer, across the DP ranks that own disjoint parameters.
+    grad_norm = _grad_norm(optimizer.optimizer, getattr(optimizer, "dp_sharded", False))
+    # every rank sees the same norm, so every rank skips (nothing applied, nothing gathered)
     if not math.isfinite(grad_norm):
         return StepResult(loss, num_tokens, grad_norm, True, "non-finite gradient")
     _clip(optimizer.optimizer, optimizer.config.clip_grad, norm=grad_norm)

@@ -33,9 +33,10 @@ def build_model_chunks(cfg: RecipeConfig) -> list[DDP]:
     p = cfg.parallel
     chunks = [build_model(cfg.model, p, cfg.precision, vp_stage=v if p.virtual_pp else None)
               for v in range(p.virtual_pp or 1)]
+    # parallel.distributed_optimizer shards the optimizer by whole parameters
+    # (optim.layer_wise), which needs DDP's plain all-reduce of full grads on every rank.
     ddp_cfg = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-        use_distributed_optimizer=p.distributed_optimizer)
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=False)
     wrapped = [DDP(config=c.config, ddp_config=ddp_cfg, module=c,
                    disable_bucketing=(i > 0)) for i, c in enumerate(chunks)]
     config = wrapped[0].config
@@ -47,7 +48,7 @@ def build_model_chunks(cfg: RecipeConfig) -> list[DDP]:
 def build_optimizer(cfg: RecipeConfig, chunks: list[DDP]):
     from exaone_train.optim import build_megatron_optimizer
 
-    return build_megatron_optimizer(chunks, cfg.optim)
+    return build_megatron_optimizer(chunks, cfg.optim, cfg.parallel.distributed_optimizer)
 
 
 def schedule_config(cfg: RecipeConfig):

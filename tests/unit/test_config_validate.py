@@ -71,6 +71,15 @@ def test_interleaved_build_needs_a_virtual_stage():
         build_model(cfg.model, cfg.parallel, cfg.precision)
 
 
+def test_distributed_optimizer_is_accepted():
+    # the layer-wise distributed optimizer (optim/layer_wise.py) runs with Muon and AdamW
+    for optim in ("tiny_muon_wsd", "adamw_wsd"):
+        cfg = load_recipe("tiny_cpu", ["parallel.distributed_optimizer=true", f"optim={optim}"])
+        assert cfg.parallel.distributed_optimizer
+    cfg = load_recipe("tiny_cpu", ["model=kexaone_236b", "parallel=kexaone_64xh100"])
+    assert cfg.parallel.distributed_optimizer
+
+
 def test_unknown_key_is_config_error():
     with pytest.raises(ConfigError, match="model.bogus"):
         load_recipe("tiny_cpu", ["model.bogus=1"])
