@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -34,6 +35,13 @@ MANIFEST = "manifest.json"
 FORMAT = "exaone-train-shards/1"
 
 _worker: dict = {}
+
+
+def _init_pool_worker(*init_args) -> None:
+    # A forked worker inherits the parent's Python signal handlers (e.g. a trainer's
+    # SIGTERM-sets-a-flag handler): the pool's terminate() must still stop it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(*init_args)
 
 
 def _init_worker(tokenizer_path: str, nfc: bool, eos_id: int | None, dtype: str) -> None:
@@ -94,7 +102,7 @@ def _encoded(tasks: Iterator, cfg: BuildConfig, init_args: tuple) -> Iterator:
         os.environ.pop("TOKENIZERS_PARALLELISM", None)
         yield from map(_encode_task, tasks)
         return
-    with mp.get_context("fork").Pool(cfg.num_workers, _init_worker, init_args) as pool:
+    with mp.get_context("fork").Pool(cfg.num_workers, _init_pool_worker, init_args) as pool:
         yield from pool.imap(_encode_task, tasks, chunksize=1)
 
 

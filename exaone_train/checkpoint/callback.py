@@ -25,8 +25,6 @@ class CheckpointCallback(Callback):
     def __init__(self, manager: CheckpointManager) -> None:
         self.manager, self.cfg = manager, manager.cfg
         self.pending_rng: dict = {}
-        if self.cfg.exit_on_signal:
-            signals.install()
 
     def restore(self, trainer: Trainer) -> None:
         """Load the checkpoint to resume from, if any (collective; in Trainer.__init__)."""
@@ -35,6 +33,11 @@ class CheckpointCallback(Callback):
             self.pending_rng = self.manager.load(trainer, path)
 
     def on_train_start(self, trainer: Trainer) -> None:
+        # Our SIGTERM/SIGUSR1 handlers live exactly as long as the loop (on_train_end runs in
+        # fit()'s finally): left installed, they would be inherited by processes forked later
+        # (e.g. a data-build worker pool), which SIGTERM then no longer stops.
+        if self.cfg.exit_on_signal:
+            signals.install()
         if self.pending_rng:  # after main()'s seeding, so the resumed run continues the streams
             set_rng_state(self.pending_rng)
             self.pending_rng = {}
@@ -61,12 +64,13 @@ class CheckpointCallback(Callback):
             raise StopTraining(f"signal received: checkpoint saved at step {trainer.step}, "
                                f"exiting with status {signals.REQUEUE_EXIT_CODE} (requeue)")
 
+    def on_train_end(self, trainer: Trainer) -> None:
+        signals.uninstall()  # the process's own handlers back, even when the loop raised
+
     def finish(self, trainer: Trainer) -> None:
-        """The final save when the loop ended without an error (collective); then the
-        process's own signal handlers are put back."""
+        """The final save when the loop ended without an error (collective)."""
         if (self.cfg.enabled and self.cfg.save_final and trainer.step > 0
                 and self.manager.last_saved_step != trainer.step):
             self.manager.save(trainer, final=trainer.done())
         elif self.cfg.enabled and trainer.done() and self.manager.last_saved_step == trainer.step:
             self.manager.mark_keep(trainer.step)
-        signals.uninstall()

@@ -108,3 +108,24 @@ def test_init_from_a_training_checkpoint_loads_its_weights(tmp_path):
     b = trainer_mod.Trainer(cfg_b, trainer_mod.prepare_run_dir(cfg_b))
     for n, p in b.model[0].named_parameters():
         assert torch.equal(p, trained[n]), n
+
+
+def test_signal_handlers_live_only_while_the_loop_runs(tmp_path):
+    # Our SIGTERM handler only sets a flag. Installed outside fit() (or left behind after it),
+    # it would be inherited by processes forked later, e.g. a data-build worker pool, which
+    # SIGTERM could then no longer stop (a pytest run hung at exit on exactly that).
+    import signal
+
+    from exaone_train.checkpoint import signals
+
+    original = signal.getsignal(signal.SIGTERM)
+    cfg = _cfg(tmp_path, "train.train_steps=2", "train.seq_length_tokens=64")
+    state.setup(cfg.parallel, cfg.seed)
+    t = trainer_mod.Trainer(cfg, trainer_mod.prepare_run_dir(cfg))
+    assert signal.getsignal(signal.SIGTERM) is original
+    seen = []
+    t.callbacks.insert(0, type("Probe", (trainer_mod.cb.Callback,), {
+        "on_step_end": lambda self, tr, r: seen.append(signal.getsignal(signal.SIGTERM))})())
+    t.fit()
+    assert seen and all(h is signals._handler for h in seen)
+    assert signal.getsignal(signal.SIGTERM) is original
