@@ -1,0 +1,1 @@
+"""Evaluation between curriculum stages: NIAH (`niah.py`) and short-context validation loss."""
