@@ -8,7 +8,6 @@ parallel layout, then passing a gate before the next stage starts. Values only; 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -38,6 +37,23 @@ class GateConfig:
 
 
 @dataclass
+class StageParallelConfig:
+    """A stage's changes to the recipe's `parallel:` (null: keep the recipe's value)."""
+
+    tp: int | None = None
+    pp: int | None = None
+    virtual_pp: int | None = None
+    ep: int | None = None
+    cp: int | None = None
+    cp_comm_type: str | None = None
+    sequence_parallel: bool | None = None
+    expert_tp: int | None = None
+    moe_token_dispatcher: str | None = None
+    distributed_optimizer: bool | None = None
+    recompute: str | None = None
+
+
+@dataclass
 class CurriculumStageConfig:
     name: str = MISSING  # unique; names files (niah/<name>.json) and metrics.jsonl records
     data_stage: str = MISSING  # a key of data.stages
@@ -50,7 +66,7 @@ class CurriculumStageConfig:
     # Overrides of the recipe's `parallel:` for this stage, e.g. {cp: 8} at 256K. A stage whose
     # layout differs from the previous one is started from the previous stage-final checkpoint,
     # resharded (model and optimizer state).
-    parallel: dict[str, Any] = field(default_factory=dict)
+    parallel: StageParallelConfig = field(default_factory=StageParallelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
 

@@ -113,15 +113,10 @@ def _gate_summary(g: GateConfig, retry_tokens: int) -> dict[str, Any]:
             "max_retries": g.max_retries, "retry_tokens": retry_tokens}
 
 
-def stage_recipe(cfg: RecipeConfig, stage: CurriculumStageConfig, where: str) -> RecipeConfig:
+def stage_recipe(cfg: RecipeConfig, stage: CurriculumStageConfig) -> RecipeConfig:
     """The recipe one stage trains under: its train.* and parallel overrides applied."""
-    try:
-        parallel = dataclasses.replace(cfg.parallel, **dict(stage.parallel))
-    except TypeError:
-        known = [f.name for f in dataclasses.fields(ParallelConfig)]
-        bad = sorted(set(stage.parallel) - set(known))
-        raise ConfigError(f"{where}.parallel", bad, f"not fields of parallel ({', '.join(known)})"
-                          ) from None
+    changes = {k: v for k, v in dataclasses.asdict(stage.parallel).items() if v is not None}
+    parallel = dataclasses.replace(cfg.parallel, **changes)
     train = dataclasses.replace(
         cfg.train, data_stage=stage.data_stage, seq_length_tokens=stage.seq_length_tokens,
         global_batch_samples=stage.global_batch_samples,
@@ -280,7 +275,7 @@ def plan_curriculum(cfg: RecipeConfig, world_size: int | None = None) -> Curricu
     for i, s in enumerate(c.stages):
         where = f"curriculum.stages.{i}"
         _check_stage(cfg, s, where)
-        recipe = stage_recipe(cfg, s, where)
+        recipe = stage_recipe(cfg, s)
         _check_layout(recipe, where, world_size)
         _check_gate(s.gate, s.seq_length_tokens, where)
         batch = s.global_batch_samples * s.seq_length_tokens
