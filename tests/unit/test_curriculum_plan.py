@@ -108,7 +108,8 @@ def test_kexaone_curriculum_shape():
     plan = plan_curriculum(cfg)
     seqs = [s.recipe.train.seq_length_tokens for s in plan.stages]
     assert seqs == [8192, 8192, 8192, 32768, 262144]
-    assert [s.recipe.parallel.cp for s in plan.stages] == [1, 1, 1, 2, 8]
+    assert [s.recipe.parallel.cp for s in plan.stages] == [1, 1, 1, 4, 16]
+    assert plan.stages[4].recipe.parallel.recompute == "full"
     assert plan.optim.schedule.total_tokens == plan.stages[2].end_tokens  # decay in reasoning
     assert all(s.gate.niah is not None and s.gate.on_fail == "retry" for s in plan.stages[3:])
     blends = {n: {c.name: c.weight for c in cfg.data.stages[n].blend}
@@ -116,6 +117,19 @@ def test_kexaone_curriculum_shape():
     assert blends["ctx_256k"]["rehearsal"] < blends["ctx_32k"]["rehearsal"]
     assert blends["ctx_256k"]["long_docs"] > blends["ctx_32k"]["long_docs"]
     assert "ctx_256k" in format_curriculum(plan)
-    plan_curriculum(cfg, world_size=256)  # TP4 PP8 CP8 needs 256 GPUs
-    with pytest.raises(ConfigError, match="world size 64"):
-        plan_curriculum(cfg, world_size=64)
+    plan_curriculum(cfg, world_size=512)  # TP4 PP8 CP16 at 256K needs 512 GPUs
+    with pytest.raises(ConfigError, match="world size 256"):
+        plan_curriculum(cfg, world_size=256)
+
+
+def test_plan_cli_shows_each_stage(capsys):
+    import json
+
+    from launcher.cli import main
+
+    assert main(["plan", "--recipe", "kexaone_236b", "--nodes", "64", "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["curriculum"]["stages"]
+    assert [s["dp"] for s in stages] == [16, 16, 16, 4, 1] and all(s["fits"] for s in stages)
+    assert main(["plan", "--recipe", "kexaone_236b", "--nodes", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "ctx_256k" in out and "cannot run here: world_size=64" in out
