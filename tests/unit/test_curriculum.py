@@ -176,10 +176,29 @@ def test_gate_retry_trains_more_at_the_stage_end_lr_then_stops_or_passes(tmp_pat
 def _launch(run_dir, fault: str | None = None) -> int:
     cmd = [sys.executable, "-m", "launcher", "curriculum", "tiny_cpu", f"run.dir={run_dir}",
            *BASE, THREE]
-    env = _env({"EXAONE_TRAIN_FAULT": fault} if fault else None)
-    with open(Path(run_dir).with_suffix(".log"), "ab") as log:
-        return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              timeout=300).returncode
+    tag = f"{run_dir}:{fault}"
+    env = _env({"EXAONE_TRAIN_FAULT": fault or "", "CURRICULUM_TEST_LAUNCH": tag})
+    try:
+        with open(Path(run_dir).with_suffix(".log"), "ab") as log:
+            return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=300).returncode
+    finally:
+        _kill_leftovers(tag)
+
+
+def _kill_leftovers(tag: str) -> None:
+    """A process killed inside a save (os._exit) leaves dist_checkpointing's spawned
+    multiprocessing Manager behind, orphaned: end the ones this launch started."""
+    import os
+    import signal
+
+    marker = f"CURRICULUM_TEST_LAUNCH={tag}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _gates(run_dir) -> list:
