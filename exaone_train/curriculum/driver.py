@@ -85,7 +85,8 @@ class Driver:
         try:
             return self._walk()
         finally:
-            self.trainer.end()
+            if self.trainer is not None:  # None: a layout change failed to rebuild it
+                self.trainer.end()
 
     def _walk(self) -> int:
         while True:
