@@ -59,7 +59,9 @@ def run_curriculum(cfg: RecipeConfig) -> int:
     run_dir = prepare_run_dir(cfg)
     if _rank0():
         log.info("%s", format_curriculum(plan))
-    return Driver(cfg, plan, run_dir).run()
+    code = Driver(cfg, plan, run_dir).run()
+    dist.barrier()  # returned on any rank: rank 0 has written curriculum.json
+    return code
 
 
 class Driver:
