@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "launcher.cmd_model",
     "launcher.cmd_demo",
     "launcher.cmd_train",
+    "launcher.cmd_curriculum",
     "launcher.cmd_data",
     "launcher.cmd_convert",
     "launcher.cmd_eval",

@@ -1,38 +1,88 @@
 """`exaone-train demo`: the main job on CPU, end to end. Grows as features land. Today:
 1. build the shipped multilingual corpus into megatron-core shards (skipped when up to date),
 2. print the tiny K-EXAONE's parameter counts and FLOPs,
-3. train it (Muon + WSD, sigmoid MoE with expert bias, MTP) for half the steps, checkpointing,
-4. launch the same run again: it resumes from the newest verified checkpoint and finishes,
-5. export the final checkpoint to Hugging Face format and score a re-packed corpus sample with
+3. print the plan of its curriculum (recipes/curriculum/tiny.yaml): foundation, domain and
+   reasoning at 256 tokens, context extension to 1024 and 4096, one WSD schedule,
+4. run `exaone-train curriculum` on it (Muon + WSD, sigmoid MoE with expert bias, MTP) and
+   preempt it with SIGUSR1 once the domain stage's gate is recorded: it saves and exits 3,
+5. launch the same command again: it resumes from the newest verified checkpoint and walks the
+   remaining stages, gating each on the short-context validation loss (curriculum.json),
+6. export the final checkpoint to Hugging Face format and score a whole long document with
    `transformers`' ExaoneMoeForCausalLM, next to our own evaluation of the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the tiny K-EXAONE demo on CPU")
     p.add_argument("--recipe", default="tiny_cpu")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--preempt-after", default="domain",
+                   help="stage whose recorded gate triggers the SIGUSR1 (default domain)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=run)
 
 
-def _train(args: argparse.Namespace, run_dir: str, steps: int):
-    from exaone_train.config.load import load_recipe
-    from exaone_train.parallel import state
-    from exaone_train.train.trainer import main
+def _curriculum(args: argparse.Namespace, run_dir: str, preempt_after: str | None) -> int:
+    """`exaone-train curriculum` as a child process; SIGUSR1 once `preempt_after`'s gate is in
+    curriculum.json (as Slurm's --signal would before a preemption)."""
+    cmd = [sys.executable, "-m", "launcher", "curriculum", args.recipe, f"run.dir={run_dir}",
+           *args.overrides]
+    proc = subprocess.Popen(cmd)
+    record = Path(run_dir) / "curriculum.json"
+    while preempt_after is not None and proc.poll() is None:
+        if _gated(record, preempt_after):
+            print(f"== demo: stage {preempt_after} gated; sending SIGUSR1 (preemption)")
+            proc.send_signal(signal.SIGUSR1)
+            break
+        time.sleep(0.2)
+    return proc.wait()
 
-    cfg = load_recipe(args.recipe, [f"run.dir={run_dir}", f"train.train_steps={steps}",
-                                    f"checkpoint.interval_steps={max(1, steps // 3)}",
-                                    *args.overrides])
+
+def _gated(record: Path, stage: str) -> bool:
     try:
-        return cfg, main(cfg)
-    finally:
-        state.teardown()
+        stages = json.loads(record.read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(s["stage"] == stage and s["attempts"] for s in stages)
+
+
+def _summary(run_dir: str) -> None:
+    rec = json.loads((Path(run_dir) / "curriculum.json").read_text())
+    print(f"   initial short-context loss {rec['initial_short_loss']:.3f}; status {rec['status']}")
+    print(f"   {'stage':<12}{'steps':>6}{'tokens':>9}{'retries':>8}{'short loss':>12}  gate")
+    for s in rec["stages"]:
+        last = s["attempts"][-1] if s["attempts"] else {}
+        loss = last.get("short_loss")
+        gate = ("passed" if last.get("gate", {}).get("passed") else
+                "; ".join(last.get("gate", {}).get("reasons", [])) or "-")
+        print(f"   {s['stage']:<12}{s['steps']:>6}{s['tokens']:>9}{s['retries']:>8}"
+              f"{'' if loss is None else f'{loss:.3f}':>12}  {gate}")
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows}  # a step logged twice: the resumed run's
+    first, last = [losses[k] for k in sorted(losses)[:5]], [losses[k] for k in sorted(losses)[-5:]]
+    print(f"   training loss {sum(first) / 5:.3f} (first 5 steps) -> {sum(last) / 5:.3f} "
+          f"(last 5, at 4096 tokens)")
+
+
+def _long_document(cfg) -> tuple:
+    """The first ctx_4k sample holding a long document: its tokens [1, n] (up to its padding)."""
+    import torch
+
+    from data_pipeline import build_stage_dataset
+
+    ds = build_stage_dataset(cfg.data.stages["ctx_4k"], seed=cfg.data.seed)
+    sample = next(ds[i] for i in range(len(ds)) if ds[i].source == "long_docs")
+    n = int(sample.loss_mask.sum()) + 1
+    return torch.from_numpy(sample.tokens[:n]).unsqueeze(0)
 
 
 def _hf_loss(hf_dir: str, tokens) -> float:
@@ -45,44 +95,46 @@ def _hf_loss(hf_dir: str, tokens) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
-    import torch
 
-    from data_pipeline import build_stage_dataset
     from data_pipeline.build import build
     from exaone_train.config.load import load_recipe
+    from exaone_train.curriculum.plan import format_curriculum, plan_curriculum
     from exaone_train.export.convert import convert_to_hf
     from exaone_train.export.forward import evaluate_loss
     from exaone_train.model.counts import model_info
     from exaone_train.parallel import state
 
+    t0 = time.monotonic()
     run_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_recipe(args.recipe, [f"run.dir={run_dir}", *args.overrides])
-    print("== 1/5 data: building the shipped corpus shards")
+    print("== 1/6 data: building the shipped corpus shards")
     build(cfg.data.build)
-    print("== 2/5 model")
+    print("== 2/6 model")
     print(json.dumps(model_info(cfg.model, seq_len_tokens=cfg.train.seq_length_tokens), indent=2))
-    half = args.steps // 2
-    print(f"== 3/5 training {cfg.model.name} for {half} of {args.steps} steps ({run_dir})")
-    _, first = _train(args, run_dir, half)
-    print(f"== 4/5 relaunching the same run for {args.steps} steps: it resumes from step {half}")
-    cfg, second = _train(args, run_dir, args.steps)
-    losses = [r.loss for r in first + second]
-    print(f"   loss {np.mean(losses[:5]):.3f} (first 5 steps) -> {np.mean(losses[-5:]):.3f} "
-          f"(last 5); steps run: {len(first)} + {len(second)} after resume")
-    print("== 5/5 export to Hugging Face and score a corpus sample with transformers")
-    ckpt = f"{run_dir}/checkpoints/iter_{args.steps:07d}"
+    print("== 3/6 the curriculum")
+    print(format_curriculum(plan_curriculum(cfg)))
+    print(f"== 4/6 exaone-train curriculum {args.recipe} run.dir={run_dir} (preempted after "
+          f"stage {args.preempt_after})")
+    code = _curriculum(args, run_dir, args.preempt_after)
+    print(f"   exit status {code} (3: saved a checkpoint and stopped, as for a requeue)")
+    print("== 5/6 the same command again: it resumes and walks the remaining stages")
+    code = _curriculum(args, run_dir, None)
+    if code != 0:
+        print(f"demo: the curriculum exited with status {code}; see {run_dir}/curriculum.json")
+        return code
+    _summary(run_dir)
+    print("== 6/6 export to Hugging Face and score a whole long document with transformers")
+    ckpts = Path(run_dir) / "checkpoints"
+    ckpt = str(ckpts / (ckpts / "latest").read_text().strip())
     hf_dir = convert_to_hf(ckpt, f"{run_dir}/hf")
-    ds = build_stage_dataset(cfg.data.stages[cfg.train.data_stage], seed=cfg.data.seed + 1)
-    sample = ds[0]
-    tokens = torch.from_numpy(sample.tokens[: int(sample.loss_mask.sum()) + 1]).unsqueeze(0)
+    tokens = _long_document(cfg)
     np.save(f"{run_dir}/sample.npy", tokens.numpy())
     ours = evaluate_loss(ckpt, f"{run_dir}/sample.npy")["loss"]
     state.teardown()
     theirs = _hf_loss(str(hf_dir), tokens)
-    print(f"   sample loss: ours {ours:.5f}, transformers ExaoneMoeForCausalLM {theirs:.5f} "
-          f"(|diff| {abs(ours - theirs):.2e})")
-    print(f"demo done: run directory {run_dir} (metrics.jsonl, checkpoints/, hf/)")
+    print(f"   {tokens.shape[1]}-token document loss: ours {ours:.5f}, transformers "
+          f"ExaoneMoeForCausalLM {theirs:.5f} (|diff| {abs(ours - theirs):.2e})")
+    print(f"demo done in {time.monotonic() - t0:.0f} s: run directory {run_dir} "
+          "(curriculum.json, metrics.jsonl, checkpoints/, hf/)")
     return 0

@@ -27,14 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from launcher.plan import DEFAULT_MFU, load_for_plan, make_plan
+    from launcher.plan import DEFAULT_MFU, curriculum_plan, load_for_plan, make_plan
 
     cfg = load_for_plan(args.recipe, args.overrides)
-    plan = make_plan(cfg, args.nodes * args.gpus_per_node, gpus_per_node=args.gpus_per_node,
-                     gpu_type=args.gpu_type, seq_len_tokens=args.seq_len,
+    world = args.nodes * args.gpus_per_node
+    common = {"gpus_per_node": args.gpus_per_node, "gpu_type": args.gpu_type,
+              "mfu": args.mfu or DEFAULT_MFU, "optimizer": args.optimizer}
+    plan = make_plan(cfg, world, seq_len_tokens=args.seq_len,
                      micro_batch_samples=args.micro_batch,
-                     global_batch_samples=args.global_batch,
-                     mfu=args.mfu or DEFAULT_MFU, optimizer=args.optimizer)
+                     global_batch_samples=args.global_batch, **common)
+    curriculum = curriculum_plan(cfg, world, **common)
+    if curriculum is not None:
+        plan["curriculum"] = curriculum
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 
@@ -71,4 +75,24 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"{c['step_time_s']:.2f} s/step, {c['tokens_per_s']:,.0f} tokens/s",
     ]
     lines += [f"  warning     {x}" for x in plan["warnings"]]
+    if "curriculum" in plan:
+        lines += format_curriculum_plan(plan["curriculum"])
     return "\n".join(lines)
+
+
+def format_curriculum_plan(cur: dict[str, Any]) -> list[str]:
+    """One line per curriculum stage: length, tokens, layout, memory, time."""
+    s = cur["schedule"]
+    lines = [f"curriculum {cur['name']}: {cur['total_tokens']:,} tokens; one WSD: warmup "
+             f"{s['warmup_tokens']:,}, decay [{s['decay_start_tokens']:,}, {s['total_tokens']:,})"]
+    for st in cur["stages"]:
+        p = st["parallel"]
+        head = (f"  {st['name']:<12} seq {st['seq_length_tokens']:>7}  {st['tokens']:>18,} tok "
+                f"{st['steps']:>9,} steps  TP{p['tp']} PP{p['pp']} EP{p['ep']} CP{p['cp']}")
+        if "error" in st:
+            lines.append(f"{head}  cannot run here: {st['error']}")
+        else:
+            lines.append(f"{head} DP{st['dp']}  {st['total_per_gpu_gib']:6.1f} GiB/GPU "
+                         f"{'' if st['fits'] else '(DOES NOT FIT) '}{st['step_time_s']:6.2f} s/step"
+                         f"  {st['days']:6.1f} days")
+    return lines

@@ -391,3 +391,26 @@ def load_for_plan(recipe: str, overrides: list[str]) -> RecipeConfig:
         if not (te_missing and "Transformer Engine" in e.rule):
             raise
     return cfg
+
+
+def curriculum_plan(cfg: RecipeConfig, world_size: int, **kwargs: Any) -> dict[str, Any] | None:
+    """The recipe's curriculum (None without one): `CurriculumPlan.to_dict()` with each stage's
+    memory per GPU, step time and duration from `make_plan` of the stage's recipe; a stage whose
+    layout does not fit `world_size` carries its ConfigError instead (the trainer refuses it)."""
+    if not cfg.curriculum.stages:
+        return None
+    from exaone_train.curriculum.plan import plan_curriculum
+
+    plan = plan_curriculum(cfg)
+    out = plan.to_dict()
+    for st, row in zip(plan.stages, out["stages"], strict=True):
+        try:
+            p = make_plan(st.recipe, world_size, **kwargs)
+        except ConfigError as e:
+            row["error"] = str(e)
+            continue
+        step_s = p["compute"]["step_time_s"]
+        row.update(dp=p["parallel"]["dp"], total_per_gpu_gib=p["memory"]["total_per_gpu_gib"],
+                   fits=p["memory"]["fits"], step_time_s=step_s,
+                   days=st.steps * step_s / 86400)
+    return out

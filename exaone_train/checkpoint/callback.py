@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,11 +27,12 @@ class CheckpointCallback(Callback):
         self.manager, self.cfg = manager, manager.cfg
         self.pending_rng: dict = {}
 
-    def restore(self, trainer: Trainer) -> None:
-        """Load the checkpoint to resume from, if any (collective; in Trainer.__init__)."""
-        path = self.manager.resume_path()
+    def restore(self, trainer: Trainer, path: Path | None = None, load_data: bool = True) -> None:
+        """Load `path`, else the checkpoint to resume from, if any (collective; in
+        Trainer.__init__)."""
+        path = path if path is not None else self.manager.resume_path()
         if path is not None:
-            self.pending_rng = self.manager.load(trainer, path)
+            self.pending_rng = self.manager.load(trainer, path, load_data)
 
     def on_train_start(self, trainer: Trainer) -> None:
         # Our SIGTERM/SIGUSR1 handlers live exactly as long as the loop (on_train_end runs in

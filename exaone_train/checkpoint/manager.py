@@ -235,16 +235,21 @@ class CheckpointManager:
     def train_state(self, trainer: Trainer, adamw_step: float) -> dict:
         """`adamw_step`: `sharded.adamw_step(trainer.optimizer)`, taken on every rank (with the
         distributed optimizer rank 0 may own no AdamW parameter)."""
-        stage = getattr(trainer, "stage_name", "main")
-        stages = dict(getattr(trainer, "stage_progress", {}) or {})
-        stages[stage] = {"steps": trainer.step, "consumed_samples": trainer.consumed_samples,
-                         "consumed_tokens": trainer.consumed_tokens}
-        return {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
-                "consumed_tokens": trainer.consumed_tokens, "stage": stage, "stages": stages,
-                "schedule": {"consumed_tokens": trainer.consumed_tokens},
-                "adamw_step": adamw_step,
-                "data": trainer.data.state_dict(), "guard": trainer.guard.state_dict(),
-                "layout": layout()}
+        stage, start = trainer.stage_name, trainer.stage_start
+        stages = dict(trainer.stage_progress)
+        stages[stage] = {"steps": trainer.step - start["step"],
+                         "consumed_samples": trainer.consumed_samples - start["samples"],
+                         "consumed_tokens": trainer.consumed_tokens - start["tokens"]}
+        out = {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
+               "consumed_tokens": trainer.consumed_tokens, "stage": stage, "stages": stages,
+               "stage_start": dict(start),
+               "schedule": {"consumed_tokens": trainer.schedule_position()},
+               "adamw_step": adamw_step,
+               "data": trainer.data.state_dict(), "guard": trainer.guard.state_dict(),
+               "layout": layout()}
+        if trainer.curriculum_state is not None:
+            out["curriculum"] = trainer.curriculum_state
+        return out
 
     def _publish(self, tmp: Path, dest: Path) -> None:
         """Rename the verified temporary directory into place, then replace `latest`."""
@@ -316,9 +321,10 @@ class CheckpointManager:
             return path
         return self.latest_valid() if self.cfg.resume else None
 
-    def load(self, trainer: Trainer, path: Path) -> dict:
+    def load(self, trainer: Trainer, path: Path, load_data: bool = True) -> dict:
         """Load model, optimizer and train state into `trainer` (collective); returns this
-        rank's RNG state (or {}), to apply when the loop starts."""
+        rank's RNG state (or {}), to apply when the loop starts. `load_data=False`: the
+        checkpoint is of an earlier curriculum stage; the trainer's data stays at sample 0."""
         t0 = time.perf_counter()
         check_compatible(trainer.model, trainer.optimizer, path / MODEL_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
@@ -332,8 +338,12 @@ class CheckpointManager:
         trainer.step = int(state["step"])
         trainer.consumed_samples = int(state["consumed_samples"])
         trainer.consumed_tokens = int(state["consumed_tokens"])
-        trainer.stage_progress = state.get("stages", {})  # type: ignore[attr-defined]
-        trainer.data.load_state_dict(state["data"])
+        trainer.stage_progress = state.get("stages", {})
+        trainer.stage_name = state.get("stage", trainer.stage_name)
+        trainer.stage_start = dict(state.get("stage_start", trainer.stage_start))
+        trainer.curriculum_state = state.get("curriculum")
+        if load_data:
+            trainer.data.load_state_dict(state["data"])
         trainer.guard.load_state_dict(state["guard"])
         self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()
         rng: dict = {}

@@ -34,6 +34,11 @@ def compose_yaml(config_dir: Path, name: str, overrides: list[str] | None,
             return compose(config_name=name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"{what} {name}", overrides, f"could not be composed: {e}") from None
+    except (AttributeError, AssertionError) as e:  # OmegaConf, setting a key of a null section
+        raise ConfigError(f"{what} {name}", overrides,
+                          f"could not be composed ({type(e).__name__}: {e}): a field inside a "
+                          "section that is null (e.g. a gate's niah) cannot be set from the "
+                          "command line; set the section in the recipe YAML") from None
     finally:
         GlobalHydra.instance().clear()
 

@@ -1,8 +1,9 @@
 """Typed schema of a recipe. Hydra composes YAML over these dataclasses (struct mode: an unknown
 key is an error); `validate()` then checks cross-field rules once, before anything starts.
 
-Sections later issues add (data, optim, train, checkpoint, curriculum, eval) hang off
-`RecipeConfig` the same way.
+Sections later issues add (eval, ...) hang off `RecipeConfig` the same way. `curriculum`
+(exaone_train/curriculum/config.py) is read by `exaone-train curriculum` only; `exaone-train
+train` runs the `train:` section as one stage and ignores it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from data_pipeline.config import DataRecipeConfig
+from exaone_train.curriculum.config import CurriculumConfig
 from exaone_train.optim.config import OptimConfig
 
 
@@ -173,6 +175,7 @@ class RecipeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataRecipeConfig = field(default_factory=DataRecipeConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +190,7 @@ def register_configs() -> None:
     cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
     cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     # data recipes (recipes/data/*.yaml) start with `defaults: [data_recipe_schema]`; inside
     # the `data` group that name resolves relative to the group
     cs.store(group="data", name="data_recipe_schema", node=DataRecipeConfig)

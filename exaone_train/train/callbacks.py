@@ -218,14 +218,16 @@ class ConsoleLogger(Callback):
         gn = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "-"
         mtp = f" mtp {m['mtp_loss']:.4f}" if "mtp_loss" in m else ""
         skip = f" SKIPPED ({result.skip_reason})" if result.skipped else ""
+        stage = "" if trainer.stage_name == "main" else f" [{trainer.stage_name}]"
         if is_logging_rank():
-            log.info("%s step %d | loss %.4f%s | lr %.3e | grad %s | %.0f tok/s%s%s",
-                     trainer.prefix, trainer.step, result.loss, mtp, m.get("lr", 0.0), gn,
+            log.info("%s step %d%s | loss %.4f%s | lr %.3e | grad %s | %.0f tok/s%s%s",
+                     trainer.prefix, trainer.step, stage, result.loss, mtp, m.get("lr", 0.0), gn,
                      m.get("tokens_per_s", 0.0), mfu, skip)
 
 
 class JsonlLogger(Callback):
-    """metrics.jsonl in the run directory: one JSON object per step (last rank writes)."""
+    """metrics.jsonl in the run directory: one JSON object per step (last rank writes),
+    tagged with the stage ("main" outside a curriculum) and the stage's own step and tokens."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -235,7 +237,8 @@ class JsonlLogger(Callback):
             return
         record = {"step": trainer.step, "loss": result.loss, "skipped": result.skipped,
                   "grad_norm": result.grad_norm, "consumed_tokens": trainer.consumed_tokens,
-                  **trainer.metrics}
+                  "stage": trainer.stage_name, "stage_step": trainer.stage_steps(),
+                  "stage_tokens": trainer.stage_tokens(), **trainer.metrics}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -89,8 +89,23 @@ def stage_data_config(cfg: RecipeConfig):
     return stage
 
 
+AUTO = "auto"  # Trainer(resume_from=AUTO): the newest valid checkpoint of the run directory
+
+
 class Trainer:
-    def __init__(self, cfg: RecipeConfig, run_dir: Path) -> None:
+    """One rank's training state and loop. A plain run trains one stage (`train:`); the
+    curriculum driver switches stages in place (`begin_stage`), keeping model and optimizer.
+
+    Counters: `step`, `consumed_samples`, `consumed_tokens` run over the whole run;
+    `stage_start` holds their values when the current stage began, so `stage_steps()` etc. and
+    the stage's data position are local to the stage. The LR position is `schedule_position()`.
+    """
+
+    def __init__(self, cfg: RecipeConfig, run_dir: Path, resume_from: Path | str | None = AUTO,
+                 load_data: bool = True) -> None:
+        """`resume_from`: AUTO (the newest valid checkpoint, per `checkpoint.*`), a checkpoint
+        directory, or None (start fresh). `load_data=False` leaves this stage's data at sample 0
+        (the checkpoint is of an earlier curriculum stage)."""
         self.cfg, self.run_dir = cfg, run_dir
         self.model = build_model_chunks(cfg)
         if cfg.train.init_from:
@@ -105,21 +120,30 @@ class Trainer:
         self._lr_at = lr_at
         self.data = build_data(cfg)
         self.step, self.consumed_samples, self.consumed_tokens = 0, 0, 0
+        self.stage_name = "main"
+        self.stage_start = {"step": 0, "samples": 0, "tokens": 0}
+        self.stage_progress: dict[str, dict] = {}  # per-stage counters (train_state.json)
+        self.schedule_span: tuple[int, int] | None = None  # (start, length) on the schedule
+        self.curriculum_state: dict | None = None  # the driver's position (train_state.json)
         self.metrics: dict[str, Any] = {}
         # The newest step results (fit() returns them; tests compare layouts). Bounded: a run of
         # millions of steps must not grow memory; metrics.jsonl holds the whole history.
         self.results: deque[StepResult] = deque(maxlen=RESULTS_KEPT)
         self.prefix = state.rank_prefix()
+        self._set_batching()
+        self.guard = cb.StabilityGuard(cfg.guard)
+        self.callbacks = self._callbacks()
+        # resumes from a checkpoint (AUTO: the newest valid one)
+        self.checkpointing = self._checkpointing(resume_from, load_data)
+
+    def _set_batching(self) -> None:
         dp = parallel_state.get_data_parallel_world_size()
-        t = cfg.train
-        self.micro_batches = validate_batching(cfg, dp)
+        t = self.cfg.train
+        self.micro_batches = validate_batching(self.cfg, dp)
         self.global_batch_tokens = t.global_batch_samples * t.seq_length_tokens
         # tokens this rank feeds through the model per step (CP ranks hold 1/cp of each sample)
         self.local_tokens = self.global_batch_tokens // (
             dp * parallel_state.get_context_parallel_world_size())
-        self.guard = cb.StabilityGuard(cfg.guard)
-        self.callbacks = self._callbacks()
-        self.checkpointing = self._checkpointing()  # resumes from the newest valid checkpoint
 
     def _callbacks(self) -> list[cb.Callback]:
         from exaone_train.train.hardware import mfu_peak_flops
@@ -136,19 +160,76 @@ class Trainer:
                 OmegaConf.structured(c))))
         return cbs
 
-    def _checkpointing(self):
+    def _checkpointing(self, resume_from: Path | str | None, load_data: bool):
         from exaone_train.checkpoint.callback import CheckpointCallback
         from exaone_train.checkpoint.manager import CheckpointManager
 
         ckpt = CheckpointCallback(CheckpointManager(self.cfg, self.run_dir))
-        ckpt.restore(self)
+        if resume_from == AUTO:
+            ckpt.restore(self)
+        elif resume_from is not None:
+            ckpt.restore(self, Path(resume_from), load_data=load_data)
         self.callbacks.append(ckpt)
         return ckpt
+
+    # ---- stages --------------------------------------------------------------------------
+    def stage_steps(self) -> int:
+        return self.step - self.stage_start["step"]
+
+    def stage_tokens(self) -> int:
+        return self.consumed_tokens - self.stage_start["tokens"]
+
+    def enter_stage(self, name: str, schedule_span: tuple[int, int] | None) -> None:
+        """Start counting a new stage here (its data must be at sample 0)."""
+        if self.stage_steps() > 0:  # the finished stage's counters stay in train_state.json
+            self.stage_progress[self.stage_name] = {
+                "steps": self.stage_steps(), "consumed_samples":
+                self.consumed_samples - self.stage_start["samples"],
+                "consumed_tokens": self.stage_tokens()}
+        self.stage_name, self.schedule_span = name, schedule_span
+        self.stage_start = {"step": self.step, "samples": self.consumed_samples,
+                            "tokens": self.consumed_tokens}
+        self.guard.history.clear()  # the loss level moves with data and length: a new window
+
+    def begin_stage(self, cfg: RecipeConfig, name: str,
+                    schedule_span: tuple[int, int] | None) -> None:
+        """Switch this process to another stage of the same layout: model, optimizer and
+        schedule carry over; `cfg.train` (data stage, length, batch) takes effect and the
+        stage's data starts at sample 0."""
+        if cfg.parallel != self.cfg.parallel:
+            raise ConfigError("parallel", cfg.parallel,
+                              "a stage of another layout needs a new Trainer (curriculum driver)")
+        self.cfg = cfg
+        self.checkpointing.manager.recipe = cfg  # config.yaml of the next checkpoints
+        self.data = build_data(cfg)
+        self._set_batching()
+        for c in self.callbacks:
+            if isinstance(c, cb.Throughput):
+                c.flops_per_token = training_flops_per_token(cfg.model, cfg.train.seq_length_tokens)
+        self.enter_stage(name, schedule_span)
+
+    def set_stage_tokens(self, train_tokens: int) -> None:
+        """Train the current stage up to `train_tokens` (a retry extends it)."""
+        import dataclasses
+
+        self.cfg = dataclasses.replace(
+            self.cfg, train=dataclasses.replace(self.cfg.train, train_tokens=train_tokens,
+                                                train_steps=None))
+        self.checkpointing.manager.recipe = self.cfg
+
+    def schedule_position(self) -> int:
+        """Tokens into the WSD schedule: the consumed tokens; inside a curriculum stage, its
+        planned start plus its tokens, held at its planned end (retries train at that LR)."""
+        if self.schedule_span is None:
+            return self.consumed_tokens
+        start, length = self.schedule_span
+        return start + min(self.stage_tokens(), length)
 
     def next_batches(self) -> list:
         """This DP rank's micro-batches of the next global batch (world-size-free order)."""
         t = self.cfg.train
-        indices = range(self.consumed_samples, self.consumed_samples + t.global_batch_samples)
+        first = self.data.consumed_samples  # the stage's own position (per-stage sampler state)
+        indices = range(first, first + t.global_batch_samples)
         mine = self.data.rank_slice(indices, parallel_state.get_data_parallel_rank(),
                                     parallel_state.get_data_parallel_world_size())
         mb = t.micro_batch_samples
@@ -159,13 +240,14 @@ class Trainer:
 
     def done(self) -> bool:
         t = self.cfg.train
-        if t.train_steps is not None and self.step >= t.train_steps:
+        if t.train_steps is not None and self.stage_steps() >= t.train_steps:
             return True
-        return t.train_tokens is not None and self.consumed_tokens >= t.train_tokens
+        return t.train_tokens is not None and self.stage_tokens() >= t.train_tokens
 
     def train_one_step(self) -> StepResult:
-        self.schedule.step(self.consumed_tokens)
-        self.metrics = {"lr": self._lr_at(self.consumed_tokens, self.optim_cfg)}
+        position = self.schedule_position()
+        self.schedule.step(position)
+        self.metrics = {"lr": self._lr_at(position, self.optim_cfg)}
         for c in self.callbacks:
             c.on_step_start(self)
         result = train_step(self.model, self.optimizer, self.next_batches(),
@@ -180,18 +262,31 @@ class Trainer:
             c.on_step_end(self, result)
         return result
 
-    def fit(self) -> list[StepResult]:
-        """The loop. Returns the last RESULTS_KEPT steps' results (tests compare layouts)."""
+    def start(self) -> None:
         for c in self.callbacks:
             c.on_train_start(self)
+
+    def end(self) -> None:
+        for c in self.callbacks:
+            c.on_train_end(self)
+
+    def train_until_done(self) -> bool:
+        """Steps until `done()`; False when a callback stopped the run (signal, guard)."""
         try:
             while not self.done():
                 self.train_one_step()
         except cb.StopTraining as stop:
             log.warning("%s stopping: %s", self.prefix, stop)
+            return False
+        return True
+
+    def fit(self) -> list[StepResult]:
+        """The loop. Returns the last RESULTS_KEPT steps' results (tests compare layouts)."""
+        self.start()
+        try:
+            self.train_until_done()
         finally:
-            for c in self.callbacks:
-                c.on_train_end(self)
+            self.end()
         self.checkpointing.finish(self)  # reached only without an error
         return list(self.results)
 
