@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from data_pipeline.config import DataRecipeConfig
+from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.optim.config import OptimConfig
 
 
@@ -162,6 +163,13 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluations run on their own (`exaone-train niah`); curriculum gates carry their own."""
+
+    niah: NiahConfig = field(default_factory=NiahConfig)
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -173,6 +181,7 @@ class RecipeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataRecipeConfig = field(default_factory=DataRecipeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
 
