@@ -189,12 +189,6 @@ def _keep_logits(logits_BKV: torch.Tensor, non_loss_data: bool = False) -> torch
     return logits_BKV
 
 
-def _padded_share(num: int, dp: int, multiple: int) -> int:
-    """Samples per DP rank: an equal share, rounded up to whole micro-batch groups."""
-    per_rank = math.ceil(num / dp)
-    return math.ceil(per_rank / multiple) * multiple
-
-
 def _argmax_over_vocab(logits_BKV: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Argmax over the whole (TP-gathered) vocab, tokenizer ids only."""
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
@@ -209,38 +203,55 @@ def predict_answer_tokens(chunks: list, tokens_NS: torch.Tensor, num_positions: 
     (i.e. for tokens S-num_positions..S-1) of every sequence in `tokens_NS` [N, S].
 
     Collective over the whole model-parallel x DP world; every rank passes the same tokens and
-    gets the same predictions."""
+    gets the same predictions (on the CPU)."""
     n, s = tokens_NS.shape
     ps = parallel_state
-    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    device = next(chunks[0].parameters()).device
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
-    vpp = len(chunks) > 1
-    # the interleaved schedule needs a multiple of pp micro-batches
-    groups = micro_batch * (ps.get_pipeline_model_parallel_world_size() if vpp else 1)
-    share = _padded_share(n, dp, groups)
-    mine = tokens_NS[torch.arange(dp_rank * share, (dp_rank + 1) * share).clamp(max=n - 1)]
+    mine = _dp_share(tokens_NS, micro_batch, vpp=len(chunks) > 1)
     positions = torch.arange(s - 1 - num_positions, s - 1)
     local_pos = load_balanced_positions(s, cp, cp_rank) if cp > 1 else torch.arange(s)
-    held = torch.isin(positions, local_pos)  # which answer positions this CP rank holds
+    held = torch.isin(positions, local_pos)  # the answer positions this CP rank holds
     local_index = torch.nonzero(torch.isin(local_pos, positions)).flatten()
-    pos_ids = torch.arange(s).unsqueeze(0)
-    batches = [_Micro(slice_for_cp_rank(mine[i:i + micro_batch], 1, cp, cp_rank),
-                      slice_for_cp_rank(pos_ids.expand(micro_batch, -1), 1, cp, cp_rank))
-               for i in range(0, share, micro_batch)]
+    pos_ids = torch.arange(s).unsqueeze(0).expand(micro_batch, -1)
+    batches = [_Micro(slice_for_cp_rank(mine[i:i + micro_batch], 1, cp, cp_rank).to(device),
+                      slice_for_cp_rank(pos_ids, 1, cp, cp_rank).to(device))
+               for i in range(0, len(mine), micro_batch)]
+    store = _forward_only(chunks, batches, s, micro_batch, local_index)
+    preds = torch.full((len(mine), num_positions), -1, dtype=torch.long, device=device)
+    if ps.is_pipeline_last_stage():
+        # logits rows come in local (load-balanced) order; `held` is in global order
+        order = torch.argsort(local_pos[local_index]).to(device)
+        local = torch.cat([_argmax_over_vocab(x, vocab_size) for x in store])
+        preds[:, held.to(device)] = local[:, order]
+    return _combine(preds, n).cpu()
+
+
+def _dp_share(tokens_NS: torch.Tensor, micro_batch: int, vpp: bool) -> torch.Tensor:
+    """This DP rank's contiguous share of the sequences, padded (repeating the last sequence)
+    so that every DP rank runs the same whole number of micro-batches (EP's all-to-all needs
+    the same count everywhere; the interleaved schedule a multiple of pp)."""
+    ps = parallel_state
+    n = tokens_NS.shape[0]
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    group = micro_batch * (ps.get_pipeline_model_parallel_world_size() if vpp else 1)
+    share = math.ceil(math.ceil(n / dp) / group) * group
+    return tokens_NS[torch.arange(dp_rank * share, (dp_rank + 1) * share).clamp(max=n - 1)]
+
+
+def _forward_only(chunks: list, batches: list[_Micro], seq_length: int, micro_batch: int,
+                  local_index: torch.Tensor) -> list[torch.Tensor]:
+    """megatron-core's schedule, forward only: logits [b, rows, V/tp] of the `local_index`
+    rows per micro-batch on the last pipeline stage (nothing elsewhere)."""
     _reset_moe_aux_scale()
+    vpp = len(chunks) > 1
     with _evaluating(chunks), _logits_only_at(chunks, local_index):
         iters = [iter(batches) for _ in chunks]
-        store = get_forward_backward_func()(
+        return get_forward_backward_func()(
             forward_step_func=_forward_step, data_iterator=iters if vpp else iters[0],
-            model=chunks if vpp else chunks[0], num_microbatches=len(batches), seq_length=s,
-            micro_batch_size=micro_batch, forward_only=True, collect_non_loss_data=True)
-        preds = torch.full((share, num_positions), -1, dtype=torch.long)
-        if ps.is_pipeline_last_stage():
-            # local rows come in local (load-balanced) order; `held` lists them in global order
-            order = torch.argsort(local_pos[local_index])
-            local = torch.cat([_argmax_over_vocab(x, vocab_size) for x in store])
-            preds[:, held] = local[:, order]
-    return _combine(preds, n)
+            model=chunks if vpp else chunks[0], num_microbatches=len(batches),
+            seq_length=seq_length, micro_batch_size=micro_batch, forward_only=True,
+            collect_non_loss_data=True)
 
 
 def _combine(preds: torch.Tensor, n: int) -> torch.Tensor:
