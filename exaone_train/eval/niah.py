@@ -84,18 +84,7 @@ class NiahReport:
 def validate_niah(cfg: NiahConfig, recipe: Any, where: str = "niah") -> None:
     """ConfigError (naming `where`.<field>) for a NIAH config the recipe's model, stage length
     or layout cannot run. `recipe` is a RecipeConfig."""
-    if not cfg.lengths or not cfg.depths:
-        raise ConfigError(f"{where}.lengths/depths", (cfg.lengths, cfg.depths), "must not be empty")
-    if cfg.samples_per_cell < 1:
-        raise ConfigError(f"{where}.samples_per_cell", cfg.samples_per_cell, "must be >= 1")
-    bad_depths = [d for d in cfg.depths if not 0.0 <= d <= 1.0]
-    if bad_depths:
-        raise ConfigError(f"{where}.depths", cfg.depths, "every depth must lie in [0, 1]")
-    for f in ("pass_accuracy", "min_cell_accuracy"):
-        if not 0.0 <= getattr(cfg, f) <= 1.0:
-            raise ConfigError(f"{where}.{f}", getattr(cfg, f), "must lie in [0, 1]")
-    if cfg.micro_batch_samples is not None and cfg.micro_batch_samples < 1:
-        raise ConfigError(f"{where}.micro_batch_samples", cfg.micro_batch_samples, "must be >= 1")
+    _check_values(cfg, where)
     m, t, p = recipe.model, recipe.train, recipe.parallel
     multiple = (2 * p.cp if p.cp > 1 else 1) * (p.tp if p.sequence_parallel else 1)
     for n in cfg.lengths:
@@ -109,6 +98,20 @@ def validate_niah(cfg: NiahConfig, recipe: Any, where: str = "niah") -> None:
             raise ConfigError(f"{where}.lengths", cfg.lengths,
                               f"{n} must be divisible by {multiple} (2*parallel.cp={2 * p.cp} "
                               f"under CP, parallel.tp={p.tp} under sequence parallelism)")
+
+
+def _check_values(cfg: NiahConfig, where: str) -> None:
+    if not cfg.lengths or not cfg.depths:
+        raise ConfigError(f"{where}.lengths/depths", (cfg.lengths, cfg.depths), "must not be empty")
+    if cfg.samples_per_cell < 1:
+        raise ConfigError(f"{where}.samples_per_cell", cfg.samples_per_cell, "must be >= 1")
+    if not all(0.0 <= d <= 1.0 for d in cfg.depths):
+        raise ConfigError(f"{where}.depths", cfg.depths, "every depth must lie in [0, 1]")
+    for f in ("pass_accuracy", "min_cell_accuracy"):
+        if not 0.0 <= getattr(cfg, f) <= 1.0:
+            raise ConfigError(f"{where}.{f}", getattr(cfg, f), "must lie in [0, 1]")
+    if cfg.micro_batch_samples is not None and cfg.micro_batch_samples < 1:
+        raise ConfigError(f"{where}.micro_batch_samples", cfg.micro_batch_samples, "must be >= 1")
 
 
 # ---- the model under evaluation -----------------------------------------------------------
