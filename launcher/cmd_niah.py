@@ -79,5 +79,6 @@ def format_grid(report, source: str, path: Path) -> str:
     cfg = d["config"]
     summary = (f"NIAH {report.name} on {source}: mean {report.mean_accuracy:.3f} "
                f"(>= {cfg['pass_accuracy']}), min cell {report.min_cell_accuracy:.3f} "
-               f"(>= {cfg['min_cell_accuracy']}): {verdict}")
+               f"(>= {cfg['min_cell_accuracy']}): {verdict}; answer tokens right "
+               f"(teacher-forced) {report.token_accuracy:.3f}")
     return "\n".join([head, *rows, summary, f"report: {path}"])

@@ -160,6 +160,9 @@ def test_run_niah_leaves_weights_grads_mode_untouched(tmp_path):
     data = json.loads((tmp_path / "niah" / "stage1.json").read_text())
     assert data["lengths"] == [128] and data["depths"] == [0.0, 1.0]
     assert data["accuracy"] == [[0.0, 0.0]] and len(data["samples"]) == 4
+    right = sum(r["tokens_correct"] for r in data["samples"])
+    assert data["token_accuracy"] == report.token_accuracy == right / sum(
+        len(r["answer_tokens"]) for r in data["samples"]) < 0.5
     assert (tmp_path / "niah" / "stage1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = t.train_one_step()  # training goes on (MTP back in place)
     assert not result.skipped and "mtp_loss" in t.metrics
