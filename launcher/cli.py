@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "launcher.cmd_data",
     "launcher.cmd_convert",
     "launcher.cmd_eval",
+    "launcher.cmd_niah",
     "launcher.cmd_plan",
     "launcher.cmd_launch",
 ]

@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from data_pipeline.config import DataRecipeConfig
 from exaone_train.curriculum.config import CurriculumConfig
+from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.optim.config import OptimConfig
 
 
@@ -164,6 +165,13 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluations run on their own (`exaone-train niah`); curriculum gates carry their own."""
+
+    niah: NiahConfig = field(default_factory=NiahConfig)
+
+
+@dataclass
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -176,6 +184,7 @@ class RecipeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataRecipeConfig = field(default_factory=DataRecipeConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1234
     extra: dict[str, Any] = field(default_factory=dict)
 

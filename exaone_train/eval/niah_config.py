@@ -18,3 +18,17 @@ class NiahConfig:
     pass_accuracy: float = 0.95
     min_cell_accuracy: float = 0.0
     seed: int = 0
+    # Haystack text: these sources of the recipe's `data.build.sources` (read with the data
+    # pipeline's readers, tokenized with `data.build.tokenizer`); sample k of a cell takes the
+    # (k + cell * samples_per_cell)-th of them, round robin, so every language is covered.
+    haystack_sources: list[str] = field(
+        default_factory=lambda: ["en", "ko", "es", "de", "ja", "vi"])
+    # Needle, question and answer. {key}: a random "xxxx-xxxx" hex key, {value}: a random
+    # 5-digit number, both drawn from `seed`. The sample ends with question + answer; the
+    # answer (its tokens) is what the model must produce.
+    needle_template: str = "The special magic number for {key} is {value}."
+    question_template: str = "\nQuestion: What is the special magic number for {key}?\nAnswer:"
+    answer_template: str = " {value}"
+    # samples per forward pass; None = the recipe's train.micro_batch_samples (what training
+    # fits at this sequence length also fits a forward without gradients)
+    micro_batch_samples: int | None = None
