@@ -223,3 +223,32 @@ def test_killed_twice_continues_exactly(tmp_path):
     assert losses(run) == losses(straight) and len(losses(run)) == 9  # loss and LR, exact
     assert _gates(run) == _gates(straight)  # validation losses at every stage end, exact
     assert _record(run)["status"] == "completed"
+
+
+def _niah_stages(pass_accuracy: float) -> list[str]:
+    niah = (f"{{lengths: [64], depths: [0.0, 1.0], samples_per_cell: 2, "
+            f"pass_accuracy: {pass_accuracy}}}")
+    return ["optim.schedule.warmup_tokens=128", "curriculum.stages=[" + ", ".join([
+        stage("s1", "foundation", 64, 1, f"{{niah: {niah}, on_fail: stop}}"),
+        stage("s2", "reasoning", 64, 1)]) + "]"]
+
+
+def test_niah_gate_writes_its_report_and_decides_the_stage(tmp_path):
+    # After one step the tiny model cannot copy a 5-digit needle (exact-match accuracy 0 on
+    # every cell), so a gate asking for 100% stops the curriculum with NIAH as the reason, and
+    # the same gate asking for 0% lets it go on. Either way niah/s1.json is the report the
+    # gate read, and curriculum.json points at it.
+    run = tmp_path / "run"
+    assert _run(_cfg(run, *_niah_stages(1.0))) == GATE_STOP_EXIT_CODE
+    rec = _record(run)
+    gate = rec["stages"][0]["attempts"][0]["gate"]
+    assert gate["niah"]["report"] == "niah/s1.json" and not gate["niah"]["passed"]
+    assert any("NIAH" in r or "niah" in r for r in gate["reasons"]), gate["reasons"]
+    report = json.loads((run / "niah" / "s1.json").read_text())
+    assert report["passed"] is False and report["mean_accuracy"] == gate["niah"]["mean_accuracy"]
+    assert (run / "niah" / "s1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    run2 = tmp_path / "run2"
+    assert _run(_cfg(run2, *_niah_stages(0.0))) == 0
+    assert [s["status"] for s in _record(run2)["stages"]] == ["passed", "passed"]
+    assert json.loads((run2 / "niah" / "s1.json").read_text())["passed"] is True
