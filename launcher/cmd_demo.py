@@ -6,7 +6,9 @@
 4. run `exaone-train curriculum` on it (Muon + WSD, sigmoid MoE with expert bias, MTP) and
    preempt it with SIGUSR1 once the domain stage's gate is recorded: it saves and exits 3,
 5. launch the same command again: it resumes from the newest verified checkpoint and walks the
-   remaining stages, gating each on the short-context validation loss (curriculum.json),
+   remaining stages, gating each on the short-context validation loss and running NIAH after
+   the context-extension stages (reported, not required, for a model this small; see
+   recipes/curriculum/tiny.yaml) (curriculum.json, niah/<stage>.json + .png),
 6. export the final checkpoint to Hugging Face format and score a whole long document with
    `transformers`' ExaoneMoeForCausalLM, next to our own evaluation of the checkpoint.
 """
@@ -66,6 +68,10 @@ def _summary(run_dir: str) -> None:
                 "; ".join(last.get("gate", {}).get("reasons", [])) or "-")
         print(f"   {s['stage']:<12}{s['steps']:>6}{s['tokens']:>9}{s['retries']:>8}"
               f"{'' if loss is None else f'{loss:.3f}':>12}  {gate}")
+        niah = last.get("gate", {}).get("niah")
+        if niah:
+            print(f"   {'':<12}NIAH exact match {niah['mean_accuracy']:.2f} (worst cell "
+                  f"{niah['min_cell_accuracy']:.2f}): {run_dir}/{niah['report']} and .png")
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows}  # a step logged twice: the resumed run's
     first, last = [losses[k] for k in sorted(losses)[:5]], [losses[k] for k in sorted(losses)[-5:]]
