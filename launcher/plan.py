@@ -290,6 +290,25 @@ def _batch(cfg: RecipeConfig, dp: int, seq_len: int, micro: int, global_batch: i
     return int(gb)
 
 
+def _stages_with_static_memory(cfg: RecipeConfig, lay: dict[str, Any],
+                               optim: str) -> list[dict[str, Any]]:
+    """Pipeline stages with their parameters and static memory, replicated and distributed
+    optimizer (the breakdown is the recipe's choice's)."""
+    m, p = cfg.model, cfg.parallel
+    stages = pipeline_stages(p, m)
+    for st in stages:
+        params = _stage_params(m, p, st)
+        st["params"] = int(sum(params.values()))
+        st["expert_params"] = int(params["expert_muon"])
+        mem = {k: static_memory(params, lay, cfg.precision.dtype, optim, k == "distributed")
+               for k in ("replicated", "distributed")}
+        st["static_gib"] = {k: v["total_bytes"] / GIB for k, v in mem.items()}
+        st["static_breakdown_gib"] = {
+            k: v / GIB for k, v in mem["distributed" if p.distributed_optimizer else
+                                       "replicated"].items()}
+    return stages
+
+
 def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None = None,
               gpu_type: str = "h100", seq_len_tokens: int | None = None,
               micro_batch_samples: int | None = None, global_batch_samples: int | None = None,
@@ -309,17 +328,7 @@ def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None =
     lay = layout(p, m, world_size)
     gb = _batch(cfg, lay["dp"], seq, micro, global_batch_samples)
     optim = optimizer_name(cfg, optimizer)
-    stages = pipeline_stages(p, m)
-    for st in stages:
-        params = _stage_params(m, p, st)
-        st["params"] = int(sum(params.values()))
-        st["expert_params"] = int(params["expert_muon"])
-        mem = {k: static_memory(params, lay, cfg.precision.dtype, optim, k == "distributed")
-               for k in ("replicated", "distributed")}
-        st["static_gib"] = {k: v["total_bytes"] / GIB for k, v in mem.items()}
-        st["static_breakdown_gib"] = {
-            k: v / GIB for k, v in mem["distributed" if p.distributed_optimizer else
-                                       "replicated"].items()}
+    stages = _stages_with_static_memory(cfg, lay, optim)
     acts = activation_memory(cfg, stages, seq, micro, gb // (lay["dp"] * micro))
     chosen = "distributed" if p.distributed_optimizer else "replicated"
     for st in stages:
