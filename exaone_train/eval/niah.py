@@ -56,6 +56,7 @@ from exaone_train.errors import ConfigError
 from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.eval.niah_samples import NiahSample, load_haystacks, make_samples
 from exaone_train.parallel.context import load_balanced_positions, slice_for_cp_rank
+from exaone_train.train.step import reset_moe_aux_scale
 
 log = logging.getLogger("exaone_train")
 
@@ -249,7 +250,7 @@ def _forward_only(chunks: list, batches: list[_Micro], seq_length: int, micro_ba
                   local_index: torch.Tensor) -> list[torch.Tensor]:
     """megatron-core's schedule, forward only: logits [b, rows, V/tp] of the `local_index`
     rows per micro-batch on the last pipeline stage (nothing elsewhere)."""
-    _reset_moe_aux_scale()
+    reset_moe_aux_scale()
     vpp = len(chunks) > 1
     with _evaluating(chunks), _logits_only_at(chunks, local_index):
         iters = [iter(batches) for _ in chunks]
@@ -274,14 +275,6 @@ def _combine(preds: torch.Tensor, n: int) -> torch.Tensor:
         dist.all_gather(parts, preds, group=ps.get_data_parallel_group())
         preds = torch.cat(parts)
     return preds[:n]
-
-
-def _reset_moe_aux_scale() -> None:
-    # megatron keeps the aux-loss scale in a class attribute and copy_()s into it (see
-    # train.step.forward_backward)
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
-
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None
 
 
 def score_samples(chunks: list, samples: list[NiahSample], vocab_size: int,

@@ -96,15 +96,20 @@ def _global_mean_loss(losses_reduced: list[dict]) -> tuple[float, int]:
     return loss, int(total[1].item())
 
 
+def reset_moe_aux_scale() -> None:
+    """megatron keeps the aux-loss scale in a class attribute and copy_()s into it; a scale of
+    another shape left by an earlier model in this process (tests, eval) would break the next
+    schedule run. Call before every run of megatron's schedule."""
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None
+
+
 def forward_backward(model_chunks: list, batches: list[Batch], seq_length: int,
                      micro_batch: int, forward_only: bool = False) -> tuple[float, int]:
     """Run megatron-core's schedule (no pipelining / 1F1B / interleaved) over `batches`."""
     fb = get_forward_backward_func()
-    # megatron keeps the aux-loss scale in a class attribute and copy_()s into it; a scale of
-    # another shape left by an earlier model in this process (tests, eval) would break that.
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
-
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None
+    reset_moe_aux_scale()
     n_chunks = len(model_chunks)
     iterators = [iter(batches) for _ in range(n_chunks)]
     losses = fb(forward_step_func=_forward_step,
