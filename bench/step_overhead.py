@@ -92,7 +92,9 @@ def _bare_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 def _bare_forward_step(data_iterator, model):
-    b = next(data_iterator)
+    from exaone_train.parallel import state
+
+    b = next(data_iterator).to(state.device())  # as ours (and megatron-LM's get_batch)
     output = model(b.input_ids, b.position_ids, b.attention_mask, labels=b.labels,
                    loss_mask=b.loss_mask)
     return output, partial(_bare_loss_func, b.loss_mask)
@@ -132,8 +134,7 @@ class BareLoop:
         t, start = self.t, self.consumed_samples
         self.consumed_samples += t.global_batch_samples
         mb = t.micro_batch_samples
-        return [collate([self.data[i] for i in range(k, k + mb)], t.document_attention_mask,
-                        t.reset_position_ids)
+        return [collate([self.data[i] for i in range(k, k + mb)], t.document_attention_mask)
                 for k in range(start, start + t.global_batch_samples, mb)]
 
     def step(self) -> None:

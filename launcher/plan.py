@@ -26,8 +26,9 @@ import math
 from typing import Any
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, RecipeConfig
-from exaone_train.config.validate import validate_batching
+from exaone_train.config.validate import validate_batching, validate_fp8_gpu
 from exaone_train.errors import ConfigError
+from exaone_train.model.backend import uses_transformer_engine
 from exaone_train.model.counts import (
     attention_params,
     dense_ffn_params,
@@ -188,7 +189,7 @@ def activation_formula() -> str:
         "Q/K/V before and after QK-norm+RoPE, core-attention out) + dense MLP [2h + 3f] or "
         "MoE [2h + k(h + 3f_e) + 3f_s] (norm in, router/fc1 in, per routed copy: permuted "
         "input, gate/up, SwiGLU out; shared expert); without flash attention "
-        "(transformer_impl=local) recompute=none also stores 2*e*a*s^2*b/(CP*TP) of scores "
+        "(transformer_impl=local, or auto without Transformer Engine) recompute=none also stores 2*e*a*s^2*b/(CP*TP) of scores "
         "and probabilities, which selective recompute (core_attn) drops; with Transformer "
         "Engine's flash attention selective == none. recompute=full: X = h (layer input only) "
         "plus one layer's recompute working set per stage. Peak on pipeline rank 0 = "
@@ -221,6 +222,13 @@ def in_flight_microbatches(p: ParallelConfig, stage: int, num_microbatches: int)
     return min(chunks, num_microbatches * p.virtual_pp) / p.virtual_pp
 
 
+def attention_is_flash(cfg: RecipeConfig) -> bool:
+    """What the builder picks on a GPU node with this environment's packages: Transformer
+    Engine's flash attention, or the local attention that stores [s, s] scores (`auto` without
+    Transformer Engine installed)."""
+    return uses_transformer_engine(cfg.precision, cuda=True)
+
+
 def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
                            micro_batch_samples: int) -> list[float]:
     """Bytes one micro-batch leaves stored per decoder layer on one GPU (activation_formula)."""
@@ -229,7 +237,7 @@ def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
     s, b = seq_len_tokens / p.cp, micro_batch_samples
     if p.recompute == "full":
         return [e * s * b * m.hidden_size / (p.tp if p.sequence_parallel else 1)] * m.num_layers
-    flash = cfg.precision.transformer_impl != "local"
+    flash = attention_is_flash(cfg)
     # local attention under CP: this rank's s/CP queries against all (all-gathered) keys
     scores = 0.0 if flash or p.recompute != "none" else (
         2 * e * m.num_attention_heads * s * seq_len_tokens * b / p.tp)
@@ -258,7 +266,7 @@ def activation_memory(cfg: RecipeConfig, stages: list[dict[str, Any]], seq_len_t
         st["in_flight_microbatches"] = flight
     return {
         "formula": activation_formula(),
-        "flash_attention_assumed": cfg.precision.transformer_impl != "local",
+        "flash_attention_assumed": attention_is_flash(cfg),
         "per_layer_per_microbatch_gib": max(per_layer) / GIB,
         "logits_gib": logits / GIB,
         "peak_gib": max(st["activation_gib"] for st in stages),
@@ -325,6 +333,7 @@ def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None =
         raise ConfigError("mfu", mfu, "must be in (0, 1]")
     check_layout(p, m, world_size, seq)
     spec = gpu_spec(gpu_type)
+    validate_fp8_gpu(cfg.precision, spec.compute_capability, None, f"gpu_type={gpu_type}")
     lay = layout(p, m, world_size)
     gb = _batch(cfg, lay["dp"], seq, micro, global_batch_samples)
     optim = optimizer_name(cfg, optimizer)
@@ -381,6 +390,10 @@ def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float
     if cfg.precision.fp8 and importlib.util.find_spec("transformer_engine") is None:
         out.append(f"precision.fp8={cfg.precision.fp8} needs Transformer Engine on the compute "
                    "nodes (not installed here; the trainer checks again at start)")
+    if cfg.precision.transformer_impl == "auto" and not attention_is_flash(cfg):
+        out.append("precision.transformer_impl=auto without Transformer Engine installed runs "
+                   "the local attention ([s, s] scores, counted above); install it or set "
+                   "precision.transformer_impl=transformer_engine to plan its flash attention")
     return out
 
 

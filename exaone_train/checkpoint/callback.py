@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from exaone_train.checkpoint import signals
 from exaone_train.checkpoint.manager import CheckpointManager, set_rng_state
+from exaone_train.parallel import state
 from exaone_train.train.callbacks import Callback, StopTraining
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class CheckpointCallback(Callback):
         sig = signals.received() is not None
         due = (self.cfg.interval_minutes > 0 and
                time.monotonic() - self.manager.last_save_time >= 60 * self.cfg.interval_minutes)
-        flags = torch.tensor([float(sig), float(due)])
+        flags = torch.tensor([float(sig), float(due)], device=state.device())
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])

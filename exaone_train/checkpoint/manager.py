@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from exaone_train.checkpoint import sharded, verify
 from exaone_train.config.schema import CheckpointConfig, RecipeConfig
 from exaone_train.errors import CheckpointError, ConfigError
+from exaone_train.parallel.state import device as rank_device
 
 if TYPE_CHECKING:
     from exaone_train.train.trainer import Trainer
@@ -68,7 +69,7 @@ def _all_ok(ok: bool) -> bool:
     """True iff every rank says ok (collective)."""
     if not dist.is_initialized():
         return ok
-    t = torch.tensor([0.0 if ok else 1.0])
+    t = torch.tensor([0.0 if ok else 1.0], device=rank_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item() == 0.0
 

@@ -33,6 +33,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 
 from exaone_train.checkpoint.model_io import sharded_model_state_dict
+from exaone_train.parallel.state import device as rank_device
 
 
 def unwrap(chunk: Any) -> Any:
@@ -155,8 +156,7 @@ def adamw_step(optimizer: Any) -> float:
         raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(steps)}")
     step = steps.pop() if steps else 0.0
     if getattr(optimizer, "dp_sharded", False) and dist.is_initialized():
-        t = torch.tensor([step], dtype=torch.float64,
-                         device="cuda" if torch.cuda.is_available() else "cpu")
+        t = torch.tensor([step], dtype=torch.float64, device=rank_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         step = float(t.item())
     return step

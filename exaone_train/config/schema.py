@@ -95,8 +95,24 @@ class ParallelConfig:
 class PrecisionConfig:
     dtype: str = "fp32"  # fp32 | bf16 (params and activations; master weights/grads stay fp32)
     fp8: str | None = None  # None | delayed | tensorwise | blockwise | mxfp8 (needs Transformer Engine)
+    # FP8 data format: hybrid = E4M3 forward, E5M2 gradients (the published current-scaling
+    # recipes, e.g. Megatron-Bridge's) | e4m3 = E4M3 for both.
+    fp8_format: str = "hybrid"
+    # Decoder layers kept in BF16 at the start / end of the model under FP8 (megatron-core's
+    # first_last_layers_bf16; the MTP block stays FP8). null = the recipe's published default:
+    # 1 and 1 for tensorwise (current scaling); 0 for delayed (megatron-core cannot), blockwise
+    # and mxfp8.
+    fp8_bf16_first_layers: int | None = None
+    fp8_bf16_last_layers: int | None = None
     fp8_amax_history_len: int = 1024
     transformer_impl: str = "auto"  # auto | local | transformer_engine
+
+    @property
+    def fp8_bf16_layers(self) -> tuple[int, int]:
+        """(first, last) decoder layers in BF16 under FP8, the recipe default filled in."""
+        default = 1 if self.fp8 == "tensorwise" else 0
+        first, last = self.fp8_bf16_first_layers, self.fp8_bf16_last_layers
+        return (default if first is None else first, default if last is None else last)
 
 
 @dataclass
@@ -108,9 +124,10 @@ class TrainConfig:
     global_batch_samples: int = 8  # = micro_batch * DP * accumulation steps
     train_tokens: int | None = None  # stop after this many tokens (or train_steps)
     train_steps: int | None = 50
-    # Block attention across packed documents and restart positions at each document.
+    # Block attention across packed documents. (Positions need no reset per document: RoPE
+    # scores depend only on i - j, so within a document-masked sample they restart implicitly;
+    # megatron's GPTModel ignores position_ids under RoPE anyway.)
     document_attention_mask: bool = True
-    reset_position_ids: bool = True
     eval_interval_steps: int = 0
     # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
     # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").

@@ -152,6 +152,39 @@ def validate_precision(prec: PrecisionConfig) -> None:
                  "Transformer Engine is not installed")
 
 
+def validate_fp8_gpu(prec: PrecisionConfig, capability: tuple[int, int],
+                     cuda_version: str | None, gpu: str) -> None:
+    """The FP8 recipe on a GPU of `capability` (CUDA `cuda_version`, None = unknown), named
+    `gpu` in the error: Transformer Engine itself fails only at the first forward."""
+    from exaone_train.train.hardware import fp8_unsupported
+
+    if prec.fp8 is None:
+        return
+    problem = fp8_unsupported(prec.fp8, capability, cuda_version)
+    _require(problem is None, "precision.fp8", prec.fp8, f"{problem} ({gpu})")
+
+
+def validate_fp8(cfg: RecipeConfig) -> None:
+    """FP8 format, the BF16 first/last layers (megatron-core's rules, checked before it asserts
+    mid-build) and, with `logging.gpu_type` given, the recipe against that GPU."""
+    prec, layers = cfg.precision, cfg.model.num_layers // cfg.parallel.pp
+    _require(prec.fp8_format in ("hybrid", "e4m3"), "precision.fp8_format", prec.fp8_format,
+             "must be 'hybrid' (E4M3 forward, E5M2 gradients) or 'e4m3'")
+    for name, n in zip(("fp8_bf16_first_layers", "fp8_bf16_last_layers"), prec.fp8_bf16_layers,
+                       strict=True):
+        _require(0 <= n <= layers, f"precision.{name}", n,
+                 f"must be in [0, {layers}] (decoder layers per pipeline stage: "
+                 f"model.num_layers={cfg.model.num_layers} / parallel.pp={cfg.parallel.pp})")
+        _require(n == 0 or prec.fp8 != "delayed", f"precision.{name}", n,
+                 "must be 0 with precision.fp8=delayed (megatron-core: delayed scaling cannot "
+                 "leave and re-enter the FP8 region per layer; its amax reduction would be wrong)")
+    gpu = cfg.logging.gpu_type
+    if prec.fp8 is not None and gpu is not None:
+        from exaone_train.train.hardware import gpu_spec
+
+        validate_fp8_gpu(prec, gpu_spec(gpu).compute_capability, None, f"logging.gpu_type={gpu}")
+
+
 def validate_context_parallel(cfg: RecipeConfig, local: bool) -> None:
     """cp > 1: the load-balanced layout's length rule and what each attention path runs."""
     p, m, seq = cfg.parallel, cfg.model, cfg.train.seq_length_tokens
@@ -195,4 +228,5 @@ def validate(cfg: RecipeConfig) -> None:
     validate_model(cfg.model)
     validate_parallel(cfg.parallel, cfg.model)
     validate_precision(cfg.precision)
+    validate_fp8(cfg)
     validate_backend(cfg)

@@ -55,6 +55,7 @@ from megatron.core.tensor_parallel.mappings import (
 from exaone_train.errors import ConfigError
 from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.eval.niah_samples import NiahSample, load_haystacks, make_samples
+from exaone_train.parallel import state
 from exaone_train.parallel.context import load_balanced_positions, slice_for_cp_rank
 from exaone_train.train.step import reset_moe_aux_scale
 
@@ -213,7 +214,7 @@ def predict_answer_tokens(chunks: list, tokens_NS: torch.Tensor, num_positions: 
     gets the same predictions (on the CPU)."""
     n, s = tokens_NS.shape
     ps = parallel_state
-    device = next(chunks[0].parameters()).device
+    device = state.device()
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
     mine = _dp_share(tokens_NS, micro_batch, vpp=len(chunks) > 1)
     positions = torch.arange(s - 1 - num_positions, s - 1)

@@ -53,7 +53,7 @@ def validation_loss(trainer: Any, v: ValidationConfig, dataset: Any) -> float:
     cp_size = parallel_state.get_context_parallel_world_size()
     cp_rank = parallel_state.get_context_parallel_rank()
     batches = [collate([dataset[i] for i in mine[k:k + mb]], t.document_attention_mask,
-                       t.reset_position_ids, cp_size, cp_rank) for k in range(0, len(mine), mb)]
+                       cp_size, cp_rank) for k in range(0, len(mine), mb)]
     seq = len(dataset[v.first_sample].loss_mask)
     modes = [chunk.training for chunk in trainer.model]
     for chunk in trainer.model:

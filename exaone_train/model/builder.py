@@ -12,6 +12,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig
+from exaone_train.model.backend import uses_transformer_engine
 from exaone_train.model.layout import (
     SLIDING,
     layer_types,
@@ -21,20 +22,14 @@ from exaone_train.model.layout import (
     rope_skipped,
 )
 from exaone_train.model.specs import decoder_block_spec, mtp_block_spec
+from exaone_train.parallel import state
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def use_transformer_engine(precision: PrecisionConfig) -> bool:
-    if precision.transformer_impl == "local":
-        return False
-    if precision.transformer_impl == "transformer_engine":
-        return True
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    """Transformer Engine layers on this machine (the planner asks the same function)."""
+    return uses_transformer_engine(precision, cuda=torch.cuda.is_available())
 
 
 def _layout_kwargs(m: ModelConfig) -> dict:
@@ -110,9 +105,23 @@ def _precision_kwargs(prec: PrecisionConfig) -> dict:
     kw = dict(params_dtype=dtype, pipeline_dtype=dtype, bf16=prec.dtype == "bf16",
               attention_softmax_in_fp32=True)
     if prec.fp8 is not None:
-        kw.update(fp8="e4m3" if prec.fp8 != "delayed" else "hybrid", fp8_recipe=prec.fp8,
-                  fp8_amax_history_len=prec.fp8_amax_history_len)
+        _check_fp8_on_this_gpu(prec)
+        first, last = prec.fp8_bf16_layers
+        kw.update(fp8=prec.fp8_format, fp8_recipe=prec.fp8,
+                  fp8_amax_history_len=prec.fp8_amax_history_len,
+                  first_last_layers_bf16=bool(first or last),
+                  num_layers_at_start_in_bf16=first, num_layers_at_end_in_bf16=last)
     return kw
+
+
+def _check_fp8_on_this_gpu(prec: PrecisionConfig) -> None:
+    """The detected GPU and CUDA against the FP8 recipe (ConfigError, before any layer)."""
+    if not torch.cuda.is_available():
+        return  # validate() refuses FP8 without Transformer Engine; nothing to detect here
+    from exaone_train.config.validate import validate_fp8_gpu
+
+    validate_fp8_gpu(prec, torch.cuda.get_device_capability(), torch.version.cuda,
+                     f"detected {torch.cuda.get_device_name()}")
 
 
 def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig) -> TransformerConfig:
@@ -184,4 +193,7 @@ def build_model(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig,
         mtp_block_spec=mtp_block_spec(m, use_te) if post else None,
         vp_stage=vp_stage,
     )
-    return model
+    # As megatron-LM's get_model (`.cuda(current_device)`): megatron's own layers are created
+    # on the GPU, but the router weight (megatron creates it on the CPU) and any module built
+    # without a device are not; the optimizer and DDP's buffers need every parameter here.
+    return model.to(device=state.device())

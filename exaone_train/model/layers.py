@@ -22,6 +22,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 
+from exaone_train.parallel import state
 from exaone_train.parallel.context import gather_sequence, load_balanced_positions
 
 
@@ -29,7 +30,8 @@ class RMSNorm(torch.nn.Module):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype,
+                                                    device=state.device()))
         # Under sequence parallelism each TP rank sees other tokens: the grad must be summed
         # over TP (megatron-core's finalize_model_grads reads this attribute).
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)

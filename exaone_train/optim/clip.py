@@ -37,7 +37,7 @@ def _grads(optimizer: Optimizer) -> tuple[list[torch.Tensor], list[torch.Tensor]
 
 @torch.no_grad()
 def _sum_squares(dense: list[torch.Tensor], expert: list[torch.Tensor],
-                 device: str) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(dense, expert) sums of squares in float64, from one fused per-tensor norm (upcast before
     accumulating) instead of several small ops per parameter, which dominate small models."""
     if not dense and not expert:
@@ -56,8 +56,9 @@ def grad_norm(optimizer: Optimizer, dp_sharded: bool = False) -> float:
     over expert-TP x EP x PP x expert-DP are both sums over every rank: one all-reduce."""
     from megatron.core import parallel_state as ps
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dense, expert = _sum_squares(*_grads(optimizer), device)
+    from exaone_train.parallel.state import device  # (lazy: config.schema imports optim)
+
+    dense, expert = _sum_squares(*_grads(optimizer), device())
     if dp_sharded and dist.is_initialized():
         sums = torch.stack([dense, expert])
         dist.all_reduce(sums)

@@ -23,8 +23,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def device() -> torch.device:
+    """The device this rank computes on: its GPU (`cuda:LOCAL_RANK`, selected by
+    `init_distributed`) when CUDA is visible, else the CPU (gloo, `cpu_support`).
+
+    The one answer to "where": the model's parameters, every micro-batch, loss accumulators,
+    statistics and the tensors of every collective live here (NCCL takes only CUDA tensors of
+    the current device; gloo only CPU ones here)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def init_distributed(timeout_minutes: int = 30) -> None:
-    """torch.distributed from torchrun's env (or a 1-process group when run plainly)."""
+    """torch.distributed from torchrun's env (or a 1-process group when run plainly): NCCL on
+    GPU `LOCAL_RANK` when CUDA is visible, gloo on the CPU otherwise."""
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # plain `python`: a world of one

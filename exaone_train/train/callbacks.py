@@ -152,7 +152,7 @@ class MoEStats(Callback):
             # every layer's loads and sent counts in one all-reduce, read back in one .tolist()
             loads = torch.stack([self.loads[name] for name, _ in routers])  # [layers, experts]
             sent = torch.tensor([float(self.expected[name]) for name, _ in routers],
-                                dtype=torch.float64)
+                                dtype=torch.float64, device=loads.device)
             packed = torch.cat([loads.flatten(), sent])
             dist.all_reduce(packed, group=parallel_state.get_data_parallel_group(
                 with_context_parallel=True))

@@ -4,9 +4,10 @@ stability check -> optimizer step (or skip)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from exaone_train.optim.clip import clip_grad_norm_ as _clip
 from exaone_train.optim.clip import grad_norm as _grad_norm
+from exaone_train.parallel import state
 from exaone_train.parallel.context import slice_for_cp_rank
 
 
@@ -33,17 +35,24 @@ class Batch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None  # [b, 1, s_q, s] bool, True = masked (other document)
 
+    def to(self, device: torch.device) -> Batch:
+        """The same micro-batch on `device` (megatron-LM's get_batch moves each one to the GPU
+        in the forward step, so a step's micro-batches are never all resident at once)."""
+        return Batch(**{k: None if v is None else v.to(device, non_blocking=True)
+                        for k, v in vars(self).items()})
 
-def collate(samples: Sequence[Any], document_mask: bool, reset_positions: bool,
-            cp_size: int = 1, cp_rank: int = 0) -> Batch:
-    """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids, position_ids) and
-    keep CP rank `cp_rank`'s part of the sequence (megatron-LM's get_batch_on_this_cp_rank)."""
+
+def collate(samples: Sequence[Any], document_mask: bool, cp_size: int = 1,
+            cp_rank: int = 0) -> Batch:
+    """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids) and keep CP rank
+    `cp_rank`'s part of the sequence (megatron-LM's get_batch_on_this_cp_rank).
+
+    Positions are the sample's own 0..s-1: megatron's GPTModel ignores `position_ids` under
+    RoPE, and RoPE scores depend on i - j only, so with the document mask (attention never
+    crosses documents) restarting them per document would change nothing."""
     tokens = torch.from_numpy(np.stack([s.tokens for s in samples])).long()
     docs = torch.from_numpy(np.stack([s.document_ids for s in samples]))
-    if reset_positions:
-        pos = torch.from_numpy(np.stack([s.position_ids for s in samples])).long()
-    else:
-        pos = torch.arange(tokens.shape[1] - 1).unsqueeze(0).expand(len(samples), -1)
+    pos = torch.arange(tokens.shape[1] - 1).unsqueeze(0).expand(len(samples), -1)
     loss_mask = torch.from_numpy(np.stack([s.loss_mask for s in samples])).float()
 
     def local(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +76,7 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 def _forward_step(data_iterator: Iterator[Batch], model):
-    b = next(data_iterator)
+    b = next(data_iterator).to(state.device())
     output = model(b.input_ids, b.position_ids, b.attention_mask, labels=b.labels,
                    loss_mask=b.loss_mask)
     return output, partial(_loss_func, b.loss_mask)
@@ -85,7 +94,7 @@ class StepResult:
 
 def _global_mean_loss(losses_reduced: list[dict]) -> tuple[float, int]:
     """Sum (loss, tokens) over micro-batches and DP; broadcast from the last PP stage."""
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=state.device())
     for entry in losses_reduced:
         total += entry["lm_loss"].double()
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))

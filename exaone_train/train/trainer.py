@@ -236,7 +236,7 @@ class Trainer:
         cp_size = parallel_state.get_context_parallel_world_size()
         cp_rank = parallel_state.get_context_parallel_rank()
         return [collate([self.data[i] for i in mine[k:k + mb]], t.document_attention_mask,
-                        t.reset_position_ids, cp_size, cp_rank) for k in range(0, len(mine), mb)]
+                        cp_size, cp_rank) for k in range(0, len(mine), mb)]
 
     def done(self) -> bool:
         t = self.cfg.train

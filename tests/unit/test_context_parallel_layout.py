@@ -48,9 +48,9 @@ def test_positions_refuse_indivisible_length():
 def test_collate_gives_each_cp_rank_its_rows():
     data = SyntheticStageDataset(seq_length=32, vocab_size=4096, seed=3, min_doc_tokens=5)
     samples = [data[i] for i in range(2)]
-    full = collate(samples, document_mask=True, reset_positions=True)
+    full = collate(samples, document_mask=True)
     for r in range(2):
-        part = collate(samples, document_mask=True, reset_positions=True, cp_size=2, cp_rank=r)
+        part = collate(samples, document_mask=True, cp_size=2, cp_rank=r)
         rows = load_balanced_positions(32, 2, r)
         for name in ("input_ids", "labels", "loss_mask", "position_ids"):
             assert torch.equal(getattr(part, name), getattr(full, name)[:, rows]), name
