@@ -25,9 +25,13 @@ def main_head_only(model: Any) -> Iterator[None]:
 
 @torch.no_grad()
 def lm_logits(model: Any, input_ids_BS: torch.Tensor) -> torch.Tensor:
-    """Logits [b, s, V_padded] of a TP=PP=1 model for positions 0..s-1."""
+    """Logits [b, s, V_padded] of a TP=PP=1 model for positions 0..s-1 (inputs moved to the
+    model's device, `parallel.state.device()`)."""
+    from exaone_train.parallel import state
+
     b, s = input_ids_BS.shape
-    position_ids_BS = torch.arange(s).unsqueeze(0).expand(b, -1)
+    input_ids_BS = input_ids_BS.to(state.device())
+    position_ids_BS = torch.arange(s, device=input_ids_BS.device).unsqueeze(0).expand(b, -1)
     with main_head_only(model):
         return model(input_ids_BS, position_ids_BS, None)
 
@@ -37,7 +41,7 @@ def next_token_loss(logits_BSV: torch.Tensor, input_ids_BS: torch.Tensor,
     """Mean cross-entropy of token t+1 given tokens <= t, over the first `vocab_size` logits."""
     logits = logits_BSV[:, :-1, :vocab_size].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size),
-                                             input_ids_BS[:, 1:].reshape(-1))
+                                             input_ids_BS[:, 1:].reshape(-1).to(logits.device))
 
 
 def load_tokens(path: str, vocab_size: int) -> torch.Tensor:
