@@ -38,7 +38,7 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         """The same micro-batch on `device` (megatron-LM's get_batch moves each one to the GPU
         in the forward step, so a step's micro-batches are never all resident at once)."""
-        return Batch(**{k: None if v is None else v.to(device, non_blocking=True)
+        return Batch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                         for k, v in vars(self).items()})
 
 
