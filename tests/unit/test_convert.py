@@ -16,6 +16,7 @@ from launcher.cli import main
 
 CASES = {
     "kexaone_mtp": (lambda: tiny.kexaone_config(), True, "ExaoneMoeForCausalLM"),
+    "kexaone_no_shared": (tiny.kexaone_no_shared_expert_config, False, "ExaoneMoeForCausalLM"),
     "exaone4_32b": (lambda: tiny.exaone4_config("32b"), False, "Exaone4ForCausalLM"),
     "exaone4_1p2b": (lambda: tiny.exaone4_config("1.2b"), False, "Exaone4ForCausalLM"),
 }
