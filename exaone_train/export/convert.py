@@ -6,6 +6,7 @@ dist_checkpointing, so any later layout loads it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,24 @@ def export_hf_state_dict(model: torch.nn.Module, m: ModelConfig) -> dict[str, to
     return mcore_to_hf(model.state_dict(), m)
 
 
+def conversion_precision(precision: PrecisionConfig | None) -> PrecisionConfig:
+    """The precision conversion builds with: always megatron-core's local spec. With
+    Transformer Engine installed `auto` would pick TE and its grouped experts
+    (`experts.linear_fc1.weight{e}`), which `mapping.py` does not name; the local spec's
+    SequentialMLP and TEGroupedMLP save the same dist_checkpointing keys, so a converted
+    checkpoint still loads into a TE model."""
+    precision = precision or PrecisionConfig(dtype="fp32")
+    if precision.transformer_impl == "transformer_engine" or precision.fp8:
+        field = "fp8" if precision.fp8 else "transformer_impl"
+        raise ConfigError(f"precision.{field}", getattr(precision, field),
+                          "conversion builds the local spec (no Transformer Engine, no FP8); "
+                          "the checkpoint it writes loads under either")
+    return dataclasses.replace(precision, transformer_impl="local")
+
+
 def convert_from_hf(hf_dir: str | Path, out_dir: str | Path,
                     precision: PrecisionConfig | None = None) -> RecipeConfig:
-    """HF directory -> model checkpoint at `out_dir` (single process)."""
+    """HF directory -> model checkpoint at `out_dir` (single process, local spec)."""
     from exaone_train.checkpoint.model_io import save_model_checkpoint
     from exaone_train.config.validate import validate
     from exaone_train.model.builder import build_model
@@ -89,7 +105,7 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path,
                        extra={"converted_from": str(Path(hf_dir).resolve())})
     validate(cfg)
     state.setup(cfg.parallel, cfg.seed)
-    model = build_model(cfg.model, cfg.parallel, cfg.precision)
+    model = build_model(cfg.model, cfg.parallel, conversion_precision(cfg.precision))
     load_hf_state_dict(model, tensors, m)
     save_model_checkpoint(model, cfg, out_dir)
     log.info("converted %s -> %s (padded vocab %d)", hf_dir, out_dir,
@@ -103,7 +119,7 @@ def convert_to_hf(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     from exaone_train.checkpoint.model_io import load_model_checkpoint
 
     cfg, model = load_model_checkpoint(ckpt_dir, parallel_cfg=ParallelConfig(),
-                                       precision_cfg=PrecisionConfig(dtype="fp32"))
+                                       precision_cfg=conversion_precision(None))
     hf_config = model_config_to_hf_config(cfg.model)  # before writing: may raise ConfigError
     tensors = export_hf_state_dict(model, cfg.model)
     return write_hf_dir(out_dir, hf_config, tensors, ARCHITECTURE[cfg.model.family])

@@ -31,6 +31,11 @@ Tensor = torch.Tensor
 _IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+def _empty_shared_expert(h: int) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """Names and shapes of transformers' zero-width shared expert (num_shared_experts=0)."""
+    return (("gate_proj.weight", (0, h)), ("up_proj.weight", (0, h)), ("down_proj.weight", (h, 0)))
+
+
 class _Source:
     """HF tensors consumed by name; a missing key is a CheckpointError naming it."""
 
@@ -140,7 +145,17 @@ def _moe_in(src: _Source, hf: str, mc: str, m: ModelConfig) -> dict[str, Tensor]
     if m.moe_shared_expert_ffn_hidden_size:
         out.update(_gated_in(src, f"{hf}.shared_experts", f"{mc}.shared_experts",
                              m.moe_shared_expert_ffn_hidden_size, h))
+    else:
+        _take_empty_shared_expert(src, f"{hf}.shared_experts", h)
     return out
+
+
+def _take_empty_shared_expert(src: _Source, hf: str, h: int) -> None:
+    """transformers builds `num_shared_experts=0` as a zero-width MLP and saves its
+    [0, H] / [H, 0] weights: they hold nothing, so accept them (only at those shapes)."""
+    for name, shape in _empty_shared_expert(h):
+        if src.has(f"{hf}.{name}"):
+            src.take(f"{hf}.{name}", shape)
 
 
 def _layer_in(src: _Source, hf: str, mc: str, m: ModelConfig, is_moe: bool) -> dict[str, Tensor]:
@@ -236,6 +251,10 @@ def _moe_out(sd: Mapping[str, Tensor], mc: str, hf: str, m: ModelConfig) -> dict
         out.update(_gated_out(sd, f"{mc}.experts.local_experts.{e}", f"{hf}.experts.{e}"))
     if m.moe_shared_expert_ffn_hidden_size:
         out.update(_gated_out(sd, f"{mc}.shared_experts", f"{hf}.shared_experts"))
+    else:  # what transformers itself saves for num_shared_experts=0
+        dtype = out[f"{hf}.gate.weight"].dtype
+        out.update({f"{hf}.shared_experts.{name}": torch.zeros(shape, dtype=dtype)
+                    for name, shape in _empty_shared_expert(m.hidden_size)})
     return out
 
 

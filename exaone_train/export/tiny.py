@@ -30,6 +30,20 @@ def kexaone_config(**overrides: Any) -> Any:
     return ExaoneMoeConfig(**kw)
 
 
+def kexaone_no_shared_expert_config(**overrides: Any) -> Any:
+    """The ExaoneMoeConfig of issue 18: no shared expert (transformers then saves zero-size
+    `shared_experts` weights), one dense leading layer, 3 layers, all sliding (window 12)."""
+    from transformers import ExaoneMoeConfig
+
+    kw: dict[str, Any] = dict(
+        vocab_size=300, hidden_size=64, intermediate_size=128, moe_intermediate_size=24,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=8, num_experts_per_tok=2, num_shared_experts=0, first_k_dense_replace=1,
+        sliding_window=12, max_position_embeddings=64)
+    kw.update(overrides)
+    return ExaoneMoeConfig(**kw)
+
+
 def exaone4_config(layout: str = "32b", **overrides: Any) -> Any:
     """Exaone4Config. "32b": LLLG hybrid, window 4, no RoPE on global layers, untied.
     "1.2b": all global layers, RoPE everywhere (sliding_window=None), tied embeddings."""

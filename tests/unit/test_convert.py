@@ -16,6 +16,7 @@ from launcher.cli import main
 
 CASES = {
     "kexaone_mtp": (lambda: tiny.kexaone_config(), True, "ExaoneMoeForCausalLM"),
+    "kexaone_no_shared": (tiny.kexaone_no_shared_expert_config, False, "ExaoneMoeForCausalLM"),
     "exaone4_32b": (lambda: tiny.exaone4_config("32b"), False, "Exaone4ForCausalLM"),
     "exaone4_1p2b": (lambda: tiny.exaone4_config("1.2b"), False, "Exaone4ForCausalLM"),
 }
@@ -194,3 +195,31 @@ def test_sharded_hf_output_loads_in_transformers(tmp_path):
     ids = torch.arange(12)[None]
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, hf(input_ids=ids).logits)
+
+
+def test_conversion_never_builds_transformer_engine(tmp_path, monkeypatch):
+    """Issue 14 item 8: on a node with Transformer Engine and CUDA, `auto` picks TE and its
+    grouped experts (weights `experts.linear_fc1.weight{e}`, which mapping.py does not name).
+    That node is simulated by making `use_transformer_engine` answer as it would there (TE
+    itself cannot run here); conversion must still build the local spec both ways, and the
+    checkpoint keeps the user's `auto` for whoever loads it."""
+    from exaone_train.checkpoint.model_io import read_config
+    from exaone_train.config.schema import PrecisionConfig
+    from exaone_train.errors import ConfigError
+    from exaone_train.export.convert import convert_from_hf
+    from exaone_train.model import builder
+
+    asked = []
+
+    def te_node_answer(precision):
+        asked.append(precision.transformer_impl)
+        return precision.transformer_impl != "local"
+
+    monkeypatch.setattr(builder, "use_transformer_engine", te_node_answer)
+    _, hf_dir = _hf_dir(tmp_path, "kexaone_mtp")
+    assert main(["convert", "from-hf", str(hf_dir), str(tmp_path / "ckpt")]) == 0
+    assert main(["convert", "to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
+    assert asked and set(asked) == {"local"}, asked
+    assert read_config(tmp_path / "ckpt").precision.transformer_impl == "auto"
+    with pytest.raises(ConfigError, match="precision.transformer_impl"):
+        convert_from_hf(hf_dir, tmp_path / "ck2", PrecisionConfig(transformer_impl="transformer_engine"))

@@ -41,6 +41,10 @@ def _hf_config(case: str):
         return tiny.kexaone_config()
     if case == "kexaone_mixed_mlp":  # explicit mlp_layer_types, not a dense prefix
         return tiny.kexaone_config(mlp_layer_types=["dense", "sparse", "dense", "sparse", "sparse"])
+    if case == "kexaone_no_shared":  # issue 18: zero-size shared_experts tensors on disk
+        return tiny.kexaone_no_shared_expert_config()
+    if case == "kexaone_no_dense":  # first_k_dense_replace=0: every layer is MoE
+        return tiny.kexaone_config(first_k_dense_replace=0)
     if case == "exaone4_32b":
         return tiny.exaone4_config("32b")
     return tiny.exaone4_config("1.2b")
@@ -60,8 +64,8 @@ def _ids(vocab: int, batch: int = 2, seq: int = SEQ) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(7))
 
 
-@pytest.mark.parametrize("case", ["kexaone_mtp", "kexaone_mixed_mlp", "exaone4_32b",
-                                  "exaone4_1p2b"])
+@pytest.mark.parametrize("case", ["kexaone_mtp", "kexaone_mixed_mlp", "kexaone_no_shared",
+                                  "kexaone_no_dense", "exaone4_32b", "exaone4_1p2b"])
 def test_logits_match_transformers(case, tmp_path):
     hf = tiny.build_hf_model(_hf_config(case))
     m, model, _ = _import(hf, tmp_path, with_mtp=case == "kexaone_mtp")
@@ -97,7 +101,8 @@ def test_import_covers_the_hf_layouts(tmp_path):
         assert (hf(input_ids=ids).logits - with_bias).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("case", ["kexaone_mtp", "exaone4_32b", "exaone4_1p2b"])
+@pytest.mark.parametrize("case", ["kexaone_mtp", "kexaone_no_shared", "exaone4_32b",
+                                  "exaone4_1p2b"])
 def test_export_round_trip_is_identical(case, tmp_path):
     hf = tiny.build_hf_model(_hf_config(case))
     m, model, tensors = _import(hf, tmp_path, with_mtp=case == "kexaone_mtp")
@@ -187,3 +192,23 @@ def test_mtp_loss_matches_public_layout(tmp_path):
     ref = _hf_mtp_reference(hf, m, tensors, ids, padded_vocab).item()
     print(f"MTP loss ours={ours:.7f} reference={ref:.7f}")
     assert abs(ours - ref) <= 1e-4 * max(1.0, abs(ref)), (ours, ref)
+
+
+def test_no_shared_expert_is_imported_as_none(tmp_path):
+    """num_shared_experts=0 maps to no shared expert (not a zero-width one), and only the
+    zero-size tensors transformers writes are accepted in its place."""
+    from safetensors.torch import load_file, save_file
+
+    from exaone_train.errors import CheckpointError
+
+    hf = tiny.build_hf_model(tiny.kexaone_no_shared_expert_config())
+    m, model, tensors = _import(hf, tmp_path)
+    assert m.moe_shared_expert_ffn_hidden_size is None
+    assert not any("shared_experts" in k for k in model.state_dict())
+    assert tensors["model.layers.1.mlp.shared_experts.down_proj.weight"].shape == (64, 0)
+    path = tmp_path / "model.safetensors"
+    on_disk = load_file(path)
+    on_disk["model.layers.1.mlp.shared_experts.up_proj.weight"] = torch.zeros(24, 64)
+    save_file(on_disk, path)
+    with pytest.raises(CheckpointError, match="shared_experts.up_proj.weight.*expected"):
+        load_hf_state_dict(model, read_hf_tensors(tmp_path), m)
