@@ -33,7 +33,10 @@
 #   EXAONE_ENV_FILE      file sourced before launch (site modules, NCCL_IB_HCA, ...)
 #   EXAONE_REQUEUE_TRIES attempts of `scontrol requeue` before giving up (default 5)
 #   EXAONE_SIGNAL_RESEND_S  re-forward a received USR1/TERM this often while the step runs
-#                        (default 10; 0: forward once)
+#                        (default 10; 0: forward once), at most EXAONE_SIGNAL_RESENDS times
+#                        (default 30: the 300 s warning window). Every process of the step
+#                        gets each one: helpers the trainer starts block them
+#                        (exaone_train/checkpoint/signals.py blocked_while)
 #   EXAONE_TRAIN_CMD     command replacing `python -m launcher <command>` (tests, debugging)
 #   MASTER_PORT          rendezvous port (default: 20000 + job id mod 20000)
 # Set here unless already set:
@@ -117,13 +120,14 @@ forward_pending() {
 wait_step() {
   # `wait` returns early when a trapped signal arrives: wait again until srun is gone, then
   # read its status (bash keeps the status of a reaped background job).
-  local resend=${EXAONE_SIGNAL_RESEND_S:-10}
+  local resend=${EXAONE_SIGNAL_RESEND_S:-10} left=${EXAONE_SIGNAL_RESENDS:-30}
   while kill -0 "$SRUN_PID" 2>/dev/null; do
-    if [[ -n ${PENDING_SIGNAL:-} ]] && ((resend > 0)); then
+    if [[ -n ${PENDING_SIGNAL:-} ]] && ((resend > 0 && left > 0)); then
       sleep 1  # traps run between commands: a 1 s tick while a signal is pending
       if ((SECONDS - ${LAST_FORWARD:-0} >= resend)) && kill -0 "$SRUN_PID" 2>/dev/null; then
         log "forwarding SIG$PENDING_SIGNAL again (ranks that were still starting missed it)"
         forward_pending
+        left=$((left - 1))
       fi
     else
       wait "$SRUN_PID" || true
