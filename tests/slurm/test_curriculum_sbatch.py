@@ -80,6 +80,14 @@ def test_usr1_mid_stage_requeues_and_resumes_exactly(tmp_path):
     assert set(plan["layout_search"]) == {"long"} and plan["world_size"] == 2
     chosen = plan["layout_search"]["long"]["parallel"]
     assert plan["stages"]["long"]["parallel"]["tp"] == chosen["tp"]
+    # the run directory reads back: status (layouts, gates) and the report's plots
+    from exaone_train.curriculum.status import status_text
+    from launcher.report import write_report
+
+    status = status_text(run_dir)
+    assert "completed" in status and "stages done: 2 of 2" in status and "[auto]" in status
+    md = write_report(run_dir).read_text()
+    assert "![Loss](loss.png)" in md and (run_dir / "report" / "loss.png").is_file()
 
 
 def test_gate_stop_exits_4_and_is_not_requeued(tmp_path):
