@@ -150,7 +150,12 @@ run_step() {
       --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$SLURM_JOB_ID" \
       --recipe "$recipe" --command "$command" "$@" &
   SRUN_PID=$!
-  forward_pending  # a signal that came before srun existed
+  # A signal that came before srun existed goes out from wait_step, EXAONE_SIGNAL_RESEND_S
+  # from now: at once, it could reach `exaone-train launch` before it ignores USR1 (the
+  # default action would kill it).
+  if [[ -n ${PENDING_SIGNAL:-} ]]; then
+    if ((${EXAONE_SIGNAL_RESEND_S:-10} > 0)); then LAST_FORWARD=$SECONDS; else forward_pending; fi
+  fi
   wait_step
 }
 
