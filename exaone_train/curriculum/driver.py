@@ -101,8 +101,13 @@ def _write_plan_json(run_dir: Path, plan: CurriculumPlan, choices: dict) -> None
     world = dist.get_world_size()
     gpu = plan.stages[0].recipe.logging.gpu_type or detect_gpu_type() or "h100"
     gpn = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or min(world, 8)
-    stages = {st.name: make_plan(st.recipe, world, gpus_per_node=gpn if world % gpn == 0 else
-                                 world, gpu_type=gpu) for st in plan.stages}
+    stages: dict[str, Any] = {}
+    for st in plan.stages:
+        try:
+            stages[st.name] = make_plan(st.recipe, world, gpu_type=gpu,
+                                        gpus_per_node=gpn if world % gpn == 0 else world)
+        except ConfigError as e:  # e.g. a logging.gpu_type the plan has no figures for
+            stages[st.name] = {"error": str(e)}
     out = {"world_size": world, "gpu_type": gpu, "curriculum": plan.to_dict(),
            "layout_search": choices, "stages": stages}
     tmp = run_dir / "plan.json.tmp"
