@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "launcher.cmd_niah",
     "launcher.cmd_plan",
     "launcher.cmd_launch",
+    "launcher.cmd_report",
 ]
 
 

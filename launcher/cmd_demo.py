@@ -143,4 +143,7 @@ def run(args: argparse.Namespace) -> int:
           f"ExaoneMoeForCausalLM {theirs:.5f} (|diff| {abs(ours - theirs):.2e})")
     print(f"demo done in {time.monotonic() - t0:.0f} s: run directory {run_dir} "
           "(curriculum.json, metrics.jsonl, checkpoints/, hf/)")
+    from launcher.report import write_report
+
+    print(f"   report (plots, summary): {write_report(Path(run_dir))}")
     return 0

@@ -1,5 +1,6 @@
 """`exaone-train launch [--nnodes N] [--nproc-per-node G] [--rdzv-endpoint H:P] [--rdzv-id ID]
-[--recipe R] [--dry-run] [overrides]`: run (or print) this node's torchrun command."""
+[--recipe R] [--command train|curriculum] [--dry-run] [overrides]`: run (or print) this node's
+torchrun command; every rank runs `exaone-train <command> --recipe R overrides`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("launch", help="run this node's torchrun for `train` (or print it)")
+    p = sub.add_parser("launch", help="run this node's torchrun for `train` or `curriculum` "
+                                      "(or print it)")
     p.add_argument("--nnodes", type=int, default=None, help="default: $SLURM_JOB_NUM_NODES or 1")
     p.add_argument("--nproc-per-node", default=None,
                    help="processes per node: int|auto|gpu|cpu (default: $EXAONE_GPUS_PER_NODE, "
@@ -17,9 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rdzv-endpoint", default=None,
                    help="HOST:PORT of the c10d rendezvous (default: $MASTER_ADDR:$MASTER_PORT)")
     p.add_argument("--rdzv-id", default=None, help="default: $SLURM_JOB_ID")
-    p.add_argument("--recipe", default=None, help="top-level recipe passed to train")
+    p.add_argument("--recipe", default=None, help="top-level recipe passed to the ranks")
+    p.add_argument("--command", choices=["train", "curriculum"], default=None,
+                   help="what every rank runs: train (the recipe's train: section) or "
+                        "curriculum (all its stages) (default: $EXAONE_RANK_COMMAND, else train)")
     p.add_argument("--train-cmd", default=None,
-                   help="command replacing `python -m launcher train` (default: "
+                   help="command replacing `python -m launcher <command>` (default: "
                         "$EXAONE_TRAIN_CMD); --recipe and overrides are appended")
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun in-job restarts")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
@@ -38,10 +43,12 @@ def run_launch(args: argparse.Namespace) -> int:
     spec = spec_from_env(nnodes=args.nnodes, nproc_per_node=args.nproc_per_node,
                          rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
                          recipe=args.recipe, overrides=args.overrides,
-                         train_cmd=args.train_cmd, max_restarts=args.max_restarts)
+                         train_cmd=args.train_cmd, max_restarts=args.max_restarts,
+                         command=args.command)
     argv = torchrun_argv(spec)
     if not spec.train_cmd and not args.no_check and isinstance(spec.nproc_per_node, int):
-        check_plan(spec.recipe or "tiny_cpu", spec.overrides, spec.nnodes * spec.nproc_per_node)
+        check_plan(spec.recipe or "tiny_cpu", spec.overrides, spec.nnodes * spec.nproc_per_node,
+                   spec.command)
     if args.dry_run:
         print(format_command(argv))
         return 0
@@ -50,8 +57,16 @@ def run_launch(args: argparse.Namespace) -> int:
     return run_torchrun(argv)
 
 
-def check_plan(recipe: str, overrides: list[str], world_size: int) -> None:
-    """Fail before the rendezvous when the layout cannot run on this world size."""
+def check_plan(recipe: str, overrides: list[str], world_size: int, command: str = "train") -> None:
+    """Fail before the rendezvous when the layout (a curriculum: every stage's, `parallel: auto`
+    resolved) cannot run on this world size."""
     from launcher.plan import load_for_plan, make_plan
 
-    make_plan(load_for_plan(recipe, overrides), world_size)
+    cfg = load_for_plan(recipe, overrides)
+    if command == "curriculum":
+        from exaone_train.curriculum.plan import plan_curriculum
+        from launcher.layout_search import resolve_stage_layouts
+
+        plan_curriculum(resolve_stage_layouts(cfg, world_size), world_size)
+    else:
+        make_plan(cfg, world_size)

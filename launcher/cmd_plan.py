@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from launcher.plan import DEFAULT_MFU, curriculum_plan, load_for_plan, make_plan
+    from launcher.plan import DEFAULT_MFU, load_for_plan, make_plan
 
     cfg = load_for_plan(args.recipe, args.overrides)
     world = args.nodes * args.gpus_per_node
@@ -36,11 +36,37 @@ def run_plan(args: argparse.Namespace) -> int:
     plan = make_plan(cfg, world, seq_len_tokens=args.seq_len,
                      micro_batch_samples=args.micro_batch,
                      global_batch_samples=args.global_batch, **common)
-    curriculum = curriculum_plan(cfg, world, **common)
+    curriculum = curriculum_plan_with_search(cfg, world, **common)
     if curriculum is not None:
         plan["curriculum"] = curriculum
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
+
+
+def curriculum_plan_with_search(cfg: Any, world: int, **common: Any) -> dict[str, Any] | None:
+    """`curriculum_plan` after the layout search resolved the `parallel: {auto: true}` stages
+    for this world (a stage that fits nowhere here carries the search's error)."""
+    from exaone_train.errors import ConfigError
+    from launcher.layout_search import resolve_stage_layouts
+    from launcher.plan import curriculum_plan
+
+    if not cfg.curriculum.stages:
+        return None
+    choices: dict[str, dict] = {}
+    try:
+        resolved = resolve_stage_layouts(cfg, world, common["gpus_per_node"], common["gpu_type"],
+                                         choices)
+    except ConfigError as e:
+        out = curriculum_plan(cfg, world, **common)
+        assert out is not None
+        out["layout_search_error"] = str(e)
+        return out
+    out = curriculum_plan(resolved, world, **common)
+    assert out is not None
+    for row in out["stages"]:
+        if row["name"] in choices:
+            row["layout_search"] = choices[row["name"]]
+    return out
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -88,11 +114,21 @@ def format_curriculum_plan(cur: dict[str, Any]) -> list[str]:
     for st in cur["stages"]:
         p = st["parallel"]
         head = (f"  {st['name']:<12} seq {st['seq_length_tokens']:>7}  {st['tokens']:>18,} tok "
-                f"{st['steps']:>9,} steps  TP{p['tp']} PP{p['pp']} EP{p['ep']} CP{p['cp']}")
+                f"{st['steps']:>9,} steps  TP{p['tp']} PP{p['pp']} VPP{p['virtual_pp'] or '-'} "
+                f"EP{p['ep']} CP{p['cp']}")
         if "error" in st:
             lines.append(f"{head}  cannot run here: {st['error']}")
         else:
             lines.append(f"{head} DP{st['dp']}  {st['total_per_gpu_gib']:6.1f} GiB/GPU "
                          f"{'' if st['fits'] else '(DOES NOT FIT) '}{st['step_time_s']:6.2f} s/step"
                          f"  {st['days']:6.1f} days")
+        if "layout_search" in st:
+            c = st["layout_search"]
+            lines.append(f"  {'':<12} (parallel: auto) {c['parallel']['recompute']} recompute, "
+                         f"distributed optimizer {c['parallel']['distributed_optimizer']}, "
+                         f"ExpertTP {c['parallel']['expert_tp']}; estimated with communication "
+                         f"and bubble {c['step_time_s']:.2f} s/step; fastest of "
+                         f"{c['candidates_fitting']} fitting layouts")
+    if "layout_search_error" in cur:
+        lines.append(f"  layout search: {cur['layout_search_error']}")
     return lines

@@ -1,7 +1,10 @@
 """The torchrun command for one node, and running it so that the trainer's exit status survives.
 
     torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
-             --rdzv-id JOBID -m launcher train --recipe R overrides...
+             --rdzv-id JOBID -m launcher COMMAND --recipe R overrides...
+
+COMMAND is what every rank runs: `train` (one stage, the recipe's `train:` section) or
+`curriculum` (the recipe's whole curriculum, stage by stage; `slurm/pretrain_kexaone.sh`).
 
 `exaone-train launch` prints it (`--dry-run`) or runs it. Running goes through
 `torch.distributed.run` in this process (the same code the `torchrun` script calls) for two
@@ -38,12 +41,14 @@ from exaone_train.errors import ConfigError
 
 REQUEUE_EXIT_CODE = 3  # the trainer's "checkpoint saved after a signal: please requeue"
 DEFAULT_PORT = 29500
+RANK_COMMANDS = ("train", "curriculum")  # `exaone-train <command>` run in every rank
 
 
 @dataclass
 class LaunchSpec:
-    """What one node's torchrun needs. `train_cmd` replaces `python -m launcher train` (a
-    test hook; EXAONE_TRAIN_CMD); `--recipe R` and the overrides are appended either way."""
+    """What one node's torchrun needs. `command` is the rank command (`train` | `curriculum`);
+    `train_cmd` replaces `python -m launcher <command>` (a test hook; EXAONE_TRAIN_CMD);
+    `--recipe R` and the overrides are appended either way."""
 
     nnodes: int
     nproc_per_node: int | str
@@ -53,6 +58,7 @@ class LaunchSpec:
     overrides: list[str] = field(default_factory=list)
     train_cmd: list[str] | None = None
     max_restarts: int = 0
+    command: str = "train"
 
 
 def spec_from_env(env: Mapping[str, str] | None = None, **given: object) -> LaunchSpec:
@@ -65,6 +71,7 @@ def spec_from_env(env: Mapping[str, str] | None = None, **given: object) -> Laun
         f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT', DEFAULT_PORT)}"
         if env.get("MASTER_ADDR") else f"localhost:{DEFAULT_PORT}")
     train_cmd = given.get("train_cmd") or env.get("EXAONE_TRAIN_CMD") or None
+    command = given.get("command") or env.get("EXAONE_RANK_COMMAND") or "train"
     spec = LaunchSpec(
         nnodes=int(str(nnodes)),
         nproc_per_node=int(str(nproc)) if str(nproc).isdigit() else str(nproc),
@@ -74,6 +81,7 @@ def spec_from_env(env: Mapping[str, str] | None = None, **given: object) -> Laun
         overrides=list(given.get("overrides") or []),  # type: ignore[call-overload]
         train_cmd=shlex.split(str(train_cmd)) if train_cmd else None,
         max_restarts=int(str(given.get("max_restarts") or 0)),
+        command=str(command),
     )
     check_spec(spec)
     return spec
@@ -94,6 +102,8 @@ def check_spec(spec: LaunchSpec) -> None:
     host, _, port = spec.rdzv_endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError("rdzv_endpoint", spec.rdzv_endpoint, "must be HOST:PORT")
+    if spec.command not in RANK_COMMANDS:
+        raise ConfigError("command", spec.command, f"the rank command must be one of {RANK_COMMANDS}")
     bad = [o for o in spec.overrides if "=" not in o]
     if bad:
         raise ConfigError("overrides", bad, "Hydra overrides are key=value")
@@ -107,7 +117,7 @@ def torchrun_argv(spec: LaunchSpec) -> list[str]:
     if spec.train_cmd:
         argv += ["--no-python", *spec.train_cmd]
     else:
-        argv += ["-m", "launcher", "train"]
+        argv += ["-m", "launcher", spec.command]
     if spec.recipe:
         argv += ["--recipe", spec.recipe]
     return argv + list(spec.overrides)

@@ -34,7 +34,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
-from exaone_train.checkpoint import sharded, verify
+from exaone_train.checkpoint import sharded, signals, verify
 from exaone_train.config.schema import CheckpointConfig, RecipeConfig
 from exaone_train.errors import CheckpointError, ConfigError
 from exaone_train.parallel.state import device as rank_device
@@ -63,6 +63,19 @@ def _world() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def start_writer_helper() -> None:
+    """Start megatron's checkpoint-writer helper with our signals blocked (kept from then on).
+    The torch_dist writer reports results through a multiprocessing Manager it spawns at the
+    first save and keeps (`filesystem_async._get_write_results_queue`). Spawned with the default
+    action for USR1, it died of the first step-wide USR1 (Slurm's time-limit warning relayed by
+    slurm/train.sh): the save that signal asked for then failed on one rank with BrokenPipeError
+    while the other ranks waited in the save's barrier, a hang until the time limit
+    (tests/slurm/test_curriculum_sbatch.py)."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    signals.blocked_while(filesystem_async._get_write_results_queue)
 
 
 def _all_ok(ok: bool) -> bool:
@@ -175,6 +188,7 @@ class CheckpointManager:
         tmp, dest = self.dir / f".tmp_{name}", self.dir / name
         self._prepare_tmp(tmp)
         adamw_step = sharded.adamw_step(trainer.optimizer)  # collective: before any failure
+        start_writer_helper()
         err = ""
         try:
             dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),

@@ -7,7 +7,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger("exaone_train")
 
@@ -43,6 +47,19 @@ def uninstall() -> None:
     for s, previous in _previous.items():
         signal.signal(s, previous)  # type: ignore[arg-type]
     _previous.clear()
+
+
+def blocked_while(start: Callable[[], T]) -> T:
+    """Run `start` (which starts helper processes) with SIGNALS blocked in this thread. Slurm
+    delivers a step signal (the relayed time-limit USR1, scancel's TERM) to every process of
+    the step; a helper started by fork+exec has the default action (terminate) but inherits
+    the blocked mask, so it survives. A signal meant for this process stays pending meanwhile
+    and is handled as soon as the mask is restored: nothing is lost."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        return start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def received() -> int | None:

@@ -38,8 +38,13 @@ class GateConfig:
 
 @dataclass
 class StageParallelConfig:
-    """A stage's changes to the recipe's `parallel:` (null: keep the recipe's value)."""
+    """A stage's changes to the recipe's `parallel:` (null: keep the recipe's value), or
+    `{auto: true}`: the launcher's layout search (launcher/layout_search.py) picks TP/PP/VPP/
+    EP/expert-TP/CP, recompute and the distributed optimizer for the stage's length on the
+    job's world size and GPU memory, before the first step; fields also set beside `auto` are
+    kept fixed in the search."""
 
+    auto: bool = False
     tp: int | None = None
     pp: int | None = None
     virtual_pp: int | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from exaone_train.curriculum.plan import (
     plan_curriculum,
 )
 from exaone_train.curriculum.record import CurriculumRecord
-from exaone_train.errors import CheckpointError
+from exaone_train.errors import CheckpointError, ConfigError
 from exaone_train.parallel import state
+from exaone_train.train.hardware import detect_gpu_type
 from exaone_train.train.run_dir import prepare_run_dir
 from exaone_train.train.trainer import Trainer
 
@@ -55,13 +57,62 @@ def run_curriculum(cfg: RecipeConfig) -> int:
     3 stopped by SIGTERM/SIGUSR1 after a checkpoint (requeue), 4 a gate stopped it, 5 the
     stability guard stopped it."""
     state.init_distributed()
+    cfg, choices = _resolve_layouts(cfg)  # `parallel: {auto: true}` stages, before any work
     plan = plan_curriculum(cfg, dist.get_world_size())  # everything validated before any work
     run_dir = prepare_run_dir(cfg)
     if _rank0():
         log.info("%s", format_curriculum(plan))
+        _write_plan_json(run_dir, plan, choices)
     code = Driver(cfg, plan, run_dir).run()
     dist.barrier()  # returned on any rank: rank 0 has written curriculum.json
     return code
+
+
+def _resolve_layouts(cfg: RecipeConfig) -> tuple[RecipeConfig, dict]:
+    """Rank 0 searches the auto stages' layouts for this world (launcher/layout_search.py) and
+    every rank takes its answer (one decision, whatever each node's GPU reports). A world where
+    a stage fits no layout is a ConfigError on every rank, before the first step."""
+    from launcher.layout_search import describe_choice, resolve_stage_layouts
+
+    answer: list[Any] = [None]
+    if _rank0():
+        choices: dict[str, dict] = {}
+        try:
+            answer = [(resolve_stage_layouts(cfg, dist.get_world_size(), choices=choices),
+                       choices, None)]
+        except ConfigError as e:
+            answer = [(None, None, e)]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(answer, src=0)
+    resolved, choices, error = answer[0]
+    if error is not None:
+        raise error
+    if _rank0():
+        for name, choice in choices.items():
+            log.info("stage %s: parallel auto -> %s", name, describe_choice(choice))
+    return resolved, choices
+
+
+def _write_plan_json(run_dir: Path, plan: CurriculumPlan, choices: dict) -> None:
+    """plan.json: each stage's dry-run plan (launcher.plan.make_plan: layout, memory per GPU,
+    step time) on this world, and what the layout search chose for the auto stages."""
+    from launcher.plan import make_plan
+
+    world = dist.get_world_size()
+    gpu = plan.stages[0].recipe.logging.gpu_type or detect_gpu_type() or "h100"
+    gpn = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or min(world, 8)
+    stages: dict[str, Any] = {}
+    for st in plan.stages:
+        try:
+            stages[st.name] = make_plan(st.recipe, world, gpu_type=gpu,
+                                        gpus_per_node=gpn if world % gpn == 0 else world)
+        except ConfigError as e:  # e.g. a logging.gpu_type the plan has no figures for
+            stages[st.name] = {"error": str(e)}
+    out = {"world_size": world, "gpu_type": gpu, "curriculum": plan.to_dict(),
+           "layout_search": choices, "stages": stages}
+    tmp = run_dir / "plan.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2, default=str))
+    os.replace(tmp, run_dir / "plan.json")
 
 
 class Driver:

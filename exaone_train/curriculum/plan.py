@@ -115,7 +115,8 @@ def _gate_summary(g: GateConfig, retry_tokens: int) -> dict[str, Any]:
 
 def stage_recipe(cfg: RecipeConfig, stage: CurriculumStageConfig) -> RecipeConfig:
     """The recipe one stage trains under: its train.* and parallel overrides applied."""
-    changes = {k: v for k, v in dataclasses.asdict(stage.parallel).items() if v is not None}
+    changes = {k: v for k, v in dataclasses.asdict(stage.parallel).items()
+               if v is not None and k != "auto"}
     parallel = dataclasses.replace(cfg.parallel, **changes)
     train = dataclasses.replace(
         cfg.train, data_stage=stage.data_stage, seq_length_tokens=stage.seq_length_tokens,
@@ -276,6 +277,9 @@ def plan_curriculum(cfg: RecipeConfig, world_size: int | None = None) -> Curricu
         where = f"curriculum.stages.{i}"
         _check_stage(cfg, s, where)
         recipe = stage_recipe(cfg, s)
+        _require(world_size is None or not s.parallel.auto, f"{where}.parallel.auto", True,
+                 f"stage '{s.name}': resolve `parallel: {{auto: true}}` for the world size first "
+                 "(launcher.layout_search.resolve_stage_layouts)")
         _check_layout(recipe, where, world_size)
         _check_gate(s.gate, s.seq_length_tokens, where)
         batch = s.global_batch_samples * s.seq_length_tokens

@@ -164,3 +164,25 @@ def test_time_limit_warning_reaches_the_ranks_and_requeues(tmp_path):
     assert "got SIGUSR1: forwarding to the job step" in log
     assert re.findall(r"STUB rank (\d) got SIGUSR1: True", log) in (["0", "1"], ["1", "0"]), log
     assert len(re.findall(r"STUB resumed", log)) == 2, log
+
+
+def test_a_warning_before_the_job_step_starts_is_kept_and_delivered(tmp_path):
+    """The cause of this file's flaky time-limit test: Slurm sends the warning once, at its
+    first time-limit check after the start (0-30 s), and it could arrive before train.sh had
+    its trap (the default action killed the batch shell: FAILED, ExitCode 0:10) or before srun
+    and the ranks were up (lost: the ranks waited for it in vain). A slow EXAONE_ENV_FILE
+    (31 s, longer than slurmctld's 30 s check period) makes the warning come before srun
+    every time: train.sh keeps it, forwards it once the step runs, and the job is requeued."""
+    run_dir = tmp_path / "run"
+    env_file = tmp_path / "slow_site_env.sh"
+    env_file.write_text("sleep 31\n")
+    job = sbatch("train.sh", tmp_path, [f"run.dir={run_dir}"],
+                 {"EXAONE_TRAIN_CMD": f"{sys.executable} {STUB}", "STUB_WAIT_FOR_USR1": "1",
+                  "EXAONE_ENV_FILE": str(env_file)}, time_min=5)
+    fields = wait_final(job, 150, release_when_requeued(job))
+    log = log_of(tmp_path, job)
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log
+    first_run = log.split("restart=1")[0]
+    # the warning came while the env file slept: before the step's first line
+    assert first_run.index("got SIGUSR1") < first_run.index("nodes=1 master="), log
+    assert re.findall(r"STUB rank (\d) got SIGUSR1: True", log) in (["0", "1"], ["1", "0"]), log

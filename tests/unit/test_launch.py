@@ -95,3 +95,24 @@ def test_run_torchrun_returns_the_workers_requeue_status(tmp_path, monkeypatch):
     assert run_torchrun(torchrun_argv(spec)) == 3
     ok = LaunchSpec(1, 1, "localhost:0", "t", train_cmd=[sys.executable, "-c", "pass"])
     assert run_torchrun(torchrun_argv(ok)) == 0
+
+
+def test_kexaone_script_environment_runs_the_curriculum_on_every_rank(capsys, monkeypatch):
+    """slurm/pretrain_kexaone.sh exports EXAONE_RANK_COMMAND=curriculum: the dry run of its
+    launch (8 x 8 GPUs) shows `-m launcher curriculum`, after checking that every stage,
+    the `parallel: {auto: true}` ones searched for 64 GPUs, can run there."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).parents[2] / "slurm" / "pretrain_kexaone.sh").read_text()
+    assert re.search(r"^export EXAONE_RANK_COMMAND=\$\{EXAONE_RANK_COMMAND:-curriculum\}$",
+                     script, re.M)
+    monkeypatch.setenv("EXAONE_RANK_COMMAND", "curriculum")
+    argv = ["launch", "--dry-run", "--nnodes", "8", "--nproc-per-node", "8", "--rdzv-endpoint",
+            "n1:29500", "--rdzv-id", "9", "--recipe", "kexaone_236b", "run.dir=/lustre/k"]
+    assert main(argv) == 0
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed[-6:] == ["-m", "launcher", "curriculum", "--recipe", "kexaone_236b",
+                            "run.dir=/lustre/k"]
+    with pytest.raises(ConfigError, match="command"):
+        spec_from_env({"EXAONE_RANK_COMMAND": "pretrain"})
