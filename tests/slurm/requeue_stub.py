@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 
-
 def say(line: str) -> None:
     """One write per line: both ranks share the job's log, and print() may write the text and
     the newline separately, which interleaves two ranks' lines into one."""
