@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.args import add_recipe_arguments
+
 DEFAULT_RECIPE = "tiny_cpu"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curriculum", help="train a recipe's whole curriculum, stage by stage")
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
-                   help=f"top-level recipe (default {DEFAULT_RECIPE})")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.dir=runs/x")
+    add_recipe_arguments(p, DEFAULT_RECIPE)
     p.set_defaults(func=run)
 
 
@@ -25,10 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from exaone_train.curriculum.plan import plan_curriculum
     from exaone_train.parallel import state
 
-    recipe, overrides = args.recipe, list(args.overrides)
-    if "=" in recipe:  # `exaone-train curriculum run.dir=x`: an override, not a recipe
-        recipe, overrides = DEFAULT_RECIPE, [recipe, *overrides]
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(args.recipe, args.overrides)
     plan_curriculum(cfg)  # the layout-free rules, before any process group exists
     try:
         return run_curriculum(cfg)

@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="run this node's torchrun for `train` (or print it)")
@@ -17,15 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rdzv-endpoint", default=None,
                    help="HOST:PORT of the c10d rendezvous (default: $MASTER_ADDR:$MASTER_PORT)")
     p.add_argument("--rdzv-id", default=None, help="default: $SLURM_JOB_ID")
-    p.add_argument("--recipe", default=None, help="top-level recipe passed to train")
+    add_recipe_arguments(p, None, "top-level recipe passed to train (default: train's, tiny_cpu)")
     p.add_argument("--train-cmd", default=None,
                    help="command replacing `python -m launcher train` (default: "
                         "$EXAONE_TRAIN_CMD); --recipe and overrides are appended")
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun in-job restarts")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     p.add_argument("--no-check", action="store_true",
-                   help="skip the plan check (world size vs layout) before starting")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides passed to train")
+                   help="skip the recipe and plan check (world size vs layout) before starting")
     p.set_defaults(func=run_launch)
 
 
@@ -40,8 +41,10 @@ def run_launch(args: argparse.Namespace) -> int:
                          recipe=args.recipe, overrides=args.overrides,
                          train_cmd=args.train_cmd, max_restarts=args.max_restarts)
     argv = torchrun_argv(spec)
-    if not spec.train_cmd and not args.no_check and isinstance(spec.nproc_per_node, int):
-        check_plan(spec.recipe or "tiny_cpu", spec.overrides, spec.nnodes * spec.nproc_per_node)
+    if not spec.train_cmd and not args.no_check:
+        nproc = spec.nproc_per_node
+        check_plan(spec.recipe or "tiny_cpu", spec.overrides,
+                   spec.nnodes * nproc if isinstance(nproc, int) else None)
     if args.dry_run:
         print(format_command(argv))
         return 0
@@ -50,8 +53,11 @@ def run_launch(args: argparse.Namespace) -> int:
     return run_torchrun(argv)
 
 
-def check_plan(recipe: str, overrides: list[str], world_size: int) -> None:
-    """Fail before the rendezvous when the layout cannot run on this world size."""
+def check_plan(recipe: str, overrides: list[str], world_size: int | None) -> None:
+    """Fail before the rendezvous (and in --dry-run) when the recipe breaks a rule of
+    validate(), or its layout cannot run on `world_size` (when known: --nproc-per-node N)."""
     from launcher.plan import load_for_plan, make_plan
 
-    make_plan(load_for_plan(recipe, overrides), world_size)
+    cfg = load_for_plan(recipe, overrides)
+    if world_size is not None:
+        make_plan(cfg, world_size)

@@ -9,7 +9,6 @@ train` runs the `train:` section as one stage and ignores it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -111,7 +110,6 @@ class TrainConfig:
     # Block attention across packed documents and restart positions at each document.
     document_attention_mask: bool = True
     reset_position_ids: bool = True
-    eval_interval_steps: int = 0
     # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
     # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").
     data_source: str = "pipeline"
@@ -161,7 +159,6 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
-    name: str = "run"
 
 
 @dataclass
@@ -186,7 +183,6 @@ class RecipeConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1234
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:

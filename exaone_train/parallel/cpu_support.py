@@ -205,7 +205,3 @@ def install() -> bool:
     _INSTALLED = True
     log.info("CPU support for megatron-core installed (no CUDA on this machine)")
     return True
-
-
-def is_active() -> bool:
-    return _INSTALLED
