@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/exaone-train demo
 
 # pytest exits 5 when it collects nothing: that is a failure of the suite, not a pass.
+# run_tests.sh runs `make lint`'s ruff check first: a lint finding fails `make test`.
 test: $(STAMP)
 	bash scripts/run_tests.sh
 

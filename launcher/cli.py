@@ -13,6 +13,7 @@ import logging
 import sys
 
 from exaone_train.errors import ExaoneTrainError
+from launcher.args import resolve_recipe
 
 COMMAND_MODULES = [
     "launcher.cmd_model",
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognised arguments (not Hydra overrides key=value): {' '.join(bad)}")
     args.overrides = overrides
+    resolve_recipe(args, parser)
     try:
         return int(args.func(args) or 0)
     except ExaoneTrainError as e:

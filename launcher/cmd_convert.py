@@ -15,14 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert between Hugging Face and our checkpoints")
     csub = p.add_subparsers(dest="convert_command", required=True)
     from_hf = csub.add_parser("from-hf", help="HF model directory -> model checkpoint")
-    from_hf.add_argument("hf_dir")
-    from_hf.add_argument("out_dir")
+    from_hf.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
+    from_hf.add_argument("out_dir", help="new model checkpoint directory (config.yaml + model/)")
     from_hf.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                          help="parameter dtype of the saved checkpoint (default fp32)")
     from_hf.set_defaults(func=run_from_hf)
     to_hf = csub.add_parser("to-hf", help="model checkpoint -> HF model directory")
-    to_hf.add_argument("ckpt_dir")
-    to_hf.add_argument("out_dir")
+    to_hf.add_argument("ckpt_dir", help="model or training checkpoint (config.yaml + model/)")
+    to_hf.add_argument("out_dir", help="new Hugging Face model directory")
     to_hf.set_defaults(func=run_to_hf)
 
 

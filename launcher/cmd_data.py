@@ -5,37 +5,39 @@ from __future__ import annotations
 import argparse
 import json
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="corpus generation, tokenizer training, shard builds")
     dsub = p.add_subparsers(dest="data_command", required=True)
 
     b = dsub.add_parser("build", help="tokenize a data recipe's sources into .bin/.idx shards")
-    b.add_argument("recipe", nargs="?", default="shipped_corpus",
-                   help="data recipe in recipes/data/ or a YAML path (default shipped_corpus)")
-    b.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. build.num_workers=0")
+    add_recipe_arguments(b, "shipped_corpus", "data recipe in recipes/data/ or a YAML path")
     b.set_defaults(func=run_build)
 
     g = dsub.add_parser("generate", help="regenerate the shipped corpus (byte-identical per seed)")
-    g.add_argument("--out", default="data/corpus")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--out", default="data/corpus", help="output directory (default data/corpus)")
+    g.add_argument("--seed", type=int, default=1234, help="generator seed (default 1234)")
     g.set_defaults(func=run_generate)
 
     t = dsub.add_parser("train-tokenizer", help="train a BPE (or SuperBPE) tokenizer")
     t.add_argument("--corpus", nargs="+", default=None, help="jsonl files (default data/corpus/*)")
-    t.add_argument("--out", default="data/tokenizer")
-    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--out", default="data/tokenizer",
+                   help="output directory (default data/tokenizer)")
+    t.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default 4096)")
     t.add_argument("--superbpe", action="store_true", help="second pass with superword merges")
-    t.add_argument("--superbpe-transition", type=float, default=0.8)
+    t.add_argument("--superbpe-transition", type=float, default=0.8,
+                   help="fraction of the vocabulary learnt before superword merges (default 0.8)")
     for name, default in (("pad-id", 0), ("bos-id", 1), ("eos-id", 2)):
-        t.add_argument(f"--{name}", type=int, default=default)
+        t.add_argument(f"--{name}", type=int, default=default,
+                       help=f"id of the {name[:3]} token (default {default})")
     t.set_defaults(func=run_train_tokenizer)
 
     i = dsub.add_parser("inspect", help="a stage's blend, packing and first samples")
-    i.add_argument("recipe", nargs="?", default="shipped_corpus")
-    i.add_argument("--stage", default="pretrain")
-    i.add_argument("--samples", type=int, default=2)
-    i.add_argument("overrides", nargs="*")
+    add_recipe_arguments(i, "shipped_corpus", "data recipe in recipes/data/ or a YAML path")
+    i.add_argument("--stage", default="pretrain", help="stage of the recipe (default pretrain)")
+    i.add_argument("--samples", type=int, default=2, help="samples to print (default 2)")
     i.set_defaults(func=run_inspect)
 
 

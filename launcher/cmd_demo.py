@@ -23,20 +23,22 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the tiny K-EXAONE demo on CPU")
-    p.add_argument("--recipe", default="tiny_cpu")
+    add_recipe_arguments(p, "tiny_cpu")
     p.add_argument("--preempt-after", default="domain",
                    help="stage whose recorded gate triggers the SIGUSR1 (default domain)")
-    p.add_argument("overrides", nargs="*")
     p.set_defaults(func=run)
 
 
 def _curriculum(args: argparse.Namespace, run_dir: str, preempt_after: str | None) -> int:
     """`exaone-train curriculum` as a child process; SIGUSR1 once `preempt_after`'s gate is in
     curriculum.json (as Slurm's --signal would before a preemption)."""
-    cmd = [sys.executable, "-m", "launcher", "curriculum", args.recipe, f"run.dir={run_dir}",
+    cmd = [sys.executable, "-m", "launcher", "curriculum", "--recipe", args.recipe,
+           f"run.dir={run_dir}",
            *args.overrides]
     proc = subprocess.Popen(cmd)
     record = Path(run_dir) / "curriculum.json"
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(model_info(cfg.model, seq_len_tokens=cfg.train.seq_length_tokens), indent=2))
     print("== 3/6 the curriculum")
     print(format_curriculum(plan_curriculum(cfg)))
-    print(f"== 4/6 exaone-train curriculum {args.recipe} run.dir={run_dir} (preempted after "
+    print(f"== 4/6 exaone-train curriculum --recipe {args.recipe} run.dir={run_dir} (preempted after "
           f"stage {args.preempt_after})")
     code = _curriculum(args, run_dir, args.preempt_after)
     print(f"   exit status {code} (3: saved a checkpoint and stopped, as for a requeue)")

@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model checkpoint")
     esub = p.add_subparsers(dest="eval_command", required=True)
     loss = esub.add_parser("loss", help="mean next-token loss of a token array")
-    loss.add_argument("ckpt_dir")
+    loss.add_argument("ckpt_dir", help="model or training checkpoint (config.yaml + model/)")
     loss.add_argument("--tokens", required=True, help=".npy of token ids, [seq] or [batch, seq]")
     loss.add_argument("--json", action="store_true", help="print JSON")
     loss.set_defaults(func=run_loss)

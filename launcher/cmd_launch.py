@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="run this node's torchrun for `train` or `curriculum` "
@@ -19,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rdzv-endpoint", default=None,
                    help="HOST:PORT of the c10d rendezvous (default: $MASTER_ADDR:$MASTER_PORT)")
     p.add_argument("--rdzv-id", default=None, help="default: $SLURM_JOB_ID")
-    p.add_argument("--recipe", default=None, help="top-level recipe passed to the ranks")
+    add_recipe_arguments(p, None, "top-level recipe passed to train (default: train's, tiny_cpu)")
     p.add_argument("--command", choices=["train", "curriculum"], default=None,
                    help="what every rank runs: train (the recipe's train: section) or "
                         "curriculum (all its stages) (default: $EXAONE_RANK_COMMAND, else train)")
@@ -29,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun in-job restarts")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     p.add_argument("--no-check", action="store_true",
-                   help="skip the plan check (world size vs layout) before starting")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides passed to train")
+                   help="skip the recipe and plan check (world size vs layout) before starting")
     p.set_defaults(func=run_launch)
 
 
@@ -46,9 +47,10 @@ def run_launch(args: argparse.Namespace) -> int:
                          train_cmd=args.train_cmd, max_restarts=args.max_restarts,
                          command=args.command)
     argv = torchrun_argv(spec)
-    if not spec.train_cmd and not args.no_check and isinstance(spec.nproc_per_node, int):
-        check_plan(spec.recipe or "tiny_cpu", spec.overrides, spec.nnodes * spec.nproc_per_node,
-                   spec.command)
+    if not spec.train_cmd and not args.no_check:
+        nproc = spec.nproc_per_node
+        check_plan(spec.recipe or "tiny_cpu", spec.overrides,
+                   spec.nnodes * nproc if isinstance(nproc, int) else None, spec.command)
     if args.dry_run:
         print(format_command(argv))
         return 0
@@ -57,12 +59,16 @@ def run_launch(args: argparse.Namespace) -> int:
     return run_torchrun(argv)
 
 
-def check_plan(recipe: str, overrides: list[str], world_size: int, command: str = "train") -> None:
-    """Fail before the rendezvous when the layout (a curriculum: every stage's, `parallel: auto`
-    resolved) cannot run on this world size."""
+def check_plan(recipe: str, overrides: list[str], world_size: int | None,
+               command: str = "train") -> None:
+    """Fail before the rendezvous (and in --dry-run) when the recipe breaks a rule of
+    validate(), or its layout (a curriculum: every stage's, `parallel: auto` resolved) cannot
+    run on `world_size` (when known: --nproc-per-node N)."""
     from launcher.plan import load_for_plan, make_plan
 
     cfg = load_for_plan(recipe, overrides)
+    if world_size is None:
+        return
     if command == "curriculum":
         from exaone_train.curriculum.plan import plan_curriculum
         from launcher.layout_search import resolve_stage_layouts

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model information")
     msub = p.add_subparsers(dest="model_command", required=True)
     info = msub.add_parser("info", help="parameter counts and training FLOPs per token")
-    info.add_argument("--recipe", default="tiny_cpu", help="top-level recipe (default tiny_cpu)")
+    add_recipe_arguments(info, "tiny_cpu")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--seq-len", type=int, default=None,
                       help="sequence length for the attention FLOPs term (default: 8192)")
-    info.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=kexaone_236b")
     info.set_defaults(func=run_info)
 
 
@@ -22,7 +23,8 @@ def run_info(args: argparse.Namespace) -> int:
     from exaone_train.config.load import load_recipe
     from exaone_train.model.counts import model_info
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    # counting: a login node's validation (no Transformer Engine needed, no data read)
+    cfg = load_recipe(args.recipe, args.overrides, runnable_here=False, reads_train_data=False)
     info = model_info(cfg.model, seq_len_tokens=args.seq_len or 8192)
     if args.json:
         print(json.dumps(info, indent=2))

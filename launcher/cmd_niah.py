@@ -13,14 +13,15 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("niah", help="Needle-In-A-Haystack grid on a model; exit 1 if it fails")
-    p.add_argument("recipe", help="recipe name in recipes/ or a .yaml path")
+    add_recipe_arguments(p, "tiny_cpu")
     p.add_argument("--name", default="niah", help="report name: <out>/niah/<name>.json")
     p.add_argument("--out", default=None, help="output directory (default: run.dir)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("overrides", nargs="*")
     p.set_defaults(func=run)
 
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from exaone_train.parallel import state
     from exaone_train.train.trainer import build_model_chunks
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg = load_recipe(args.recipe, args.overrides, reads_train_data=False)  # haystacks: eval.niah
     validate_niah(cfg.eval.niah, cfg, "eval.niah")  # before building anything
     try:
         state.setup(cfg.parallel, cfg.seed)

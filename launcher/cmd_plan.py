@@ -8,21 +8,33 @@ import json
 from typing import Any
 
 from exaone_train.train.hardware import GPU_SPECS
+from launcher.args import add_recipe_arguments
+
+DEFAULT_GPUS_PER_NODE = 8
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="dry-run plan: layout, memory per GPU, step time")
-    p.add_argument("--recipe", default="tiny_cpu", help="top-level recipe (default tiny_cpu)")
-    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
-    p.add_argument("--gpu-type", default="h100", choices=sorted(GPU_SPECS))
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 8192)")
-    p.add_argument("--micro-batch", type=int, default=None, help="samples per micro-batch")
-    p.add_argument("--global-batch", type=int, default=None, help="samples per step")
-    p.add_argument("--mfu", type=float, default=None, help="assumed MFU for the step time")
-    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None)
+    add_recipe_arguments(p, "tiny_cpu")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="number of nodes (default: the fewest the recipe's layout and batch "
+                        "run on)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help=f"GPUs per node (default {DEFAULT_GPUS_PER_NODE}, or fewer on one node "
+                        "when the recipe needs fewer)")
+    p.add_argument("--gpu-type", default="h100", choices=sorted(GPU_SPECS),
+                   help="GPU model: memory and peak FLOP/s (default h100)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sample (default: the recipe's train.seq_length_tokens)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="samples per micro-batch (default: train.micro_batch_samples)")
+    p.add_argument("--global-batch", type=int, default=None,
+                   help="samples per step (default: train.global_batch_samples)")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="assumed model FLOPs utilisation for the step time (default 0.4)")
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default=None,
+                   help="optimizer whose state the memory counts (default: optim.algorithm)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (plan.json)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. parallel.tp=4")
     p.set_defaults(func=run_plan)
 
 
@@ -30,8 +42,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from launcher.plan import DEFAULT_MFU, load_for_plan, make_plan
 
     cfg = load_for_plan(args.recipe, args.overrides)
-    world = args.nodes * args.gpus_per_node
-    common = {"gpus_per_node": args.gpus_per_node, "gpu_type": args.gpu_type,
+    world, gpus_per_node = world_of(cfg, args.nodes, args.gpus_per_node)
+    common = {"gpus_per_node": gpus_per_node, "gpu_type": args.gpu_type,
               "mfu": args.mfu or DEFAULT_MFU, "optimizer": args.optimizer}
     plan = make_plan(cfg, world, seq_len_tokens=args.seq_len,
                      micro_batch_samples=args.micro_batch,
@@ -67,6 +79,18 @@ def curriculum_plan_with_search(cfg: Any, world: int, **common: Any) -> dict[str
         if row["name"] in choices:
             row["layout_search"] = choices[row["name"]]
     return out
+
+
+def world_of(cfg: Any, nodes: int | None, gpus_per_node: int | None) -> tuple[int, int]:
+    """(world size, GPUs per node): as given, else the smallest world the recipe runs on: whole
+    nodes of `gpus_per_node` when given, else part of one 8-GPU node or whole 8-GPU nodes."""
+    from launcher.plan import smallest_world
+
+    gpn = gpus_per_node or DEFAULT_GPUS_PER_NODE
+    if nodes is not None:
+        return nodes * gpn, gpn
+    world = smallest_world(cfg, gpn, part_node=gpus_per_node is None)
+    return world, min(world, gpn)
 
 
 def format_plan(plan: dict[str, Any]) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.args import add_recipe_arguments
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (one stage / a plain run) on this rank")
-    p.add_argument("--recipe", default="tiny_cpu")
-    p.add_argument("overrides", nargs="*")
+    add_recipe_arguments(p, "tiny_cpu")
     p.set_defaults(func=run)
 
 

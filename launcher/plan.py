@@ -150,13 +150,11 @@ def _stage_params(m: ModelConfig, p: ParallelConfig, stage: dict[str, Any]) -> d
 
 
 def optimizer_name(cfg: RecipeConfig, optimizer: str | None) -> str:
-    """Explicit argument, else the recipe's optimizer if it names one, else Muon (K-EXAONE)."""
-    optim = getattr(cfg, "optim", None)
-    name = optimizer or next((getattr(optim, k) for k in ("name", "optimizer", "type")
-                              if isinstance(getattr(optim, k, None), str)), "muon")
-    name = {"adam": "adamw"}.get(name.lower(), name.lower())
+    """The explicit argument (`plan --optimizer`), else the recipe's `optim.algorithm`."""
+    name = optimizer or cfg.optim.algorithm
     if name not in OPTIMIZER_STATE_BYTES:
-        raise ConfigError("optim.name", name, f"plan knows {sorted(OPTIMIZER_STATE_BYTES)}")
+        field = "--optimizer" if optimizer else "optim.algorithm"
+        raise ConfigError(field, name, f"plan knows {sorted(OPTIMIZER_STATE_BYTES)}")
     return name
 
 
@@ -279,18 +277,8 @@ def activation_memory(cfg: RecipeConfig, stages: list[dict[str, Any]], seq_len_t
 # --------------------------------------------------------------------------------------------
 
 
-def _recipe_value(cfg: RecipeConfig, *paths: str) -> Any:
-    for path in paths:
-        node: Any = cfg
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        if node is not None:
-            return node
-    return None
-
-
 def _batch(cfg: RecipeConfig, dp: int, seq_len: int, micro: int, global_batch: int | None) -> int:
-    gb = global_batch or _recipe_value(cfg, "train.global_batch_samples")
+    gb = global_batch or cfg.train.global_batch_samples
     if gb is None:  # assumed: the smallest multiple of DP*micro (x PP if interleaved) ~8M tokens
         per = dp * micro * (cfg.parallel.pp if cfg.parallel.virtual_pp is not None else 1)
         return per * max(1, math.ceil(DEFAULT_GLOBAL_BATCH_TOKENS / seq_len / per))
@@ -323,9 +311,9 @@ def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None =
               mfu: float = DEFAULT_MFU, optimizer: str | None = None) -> dict[str, Any]:
     """The dry-run plan of `cfg` on `world_size` GPUs: a JSON-ready dict (plan.json)."""
     m, p = cfg.model, cfg.parallel
-    seq = int(seq_len_tokens or _recipe_value(cfg, "train.seq_length_tokens")
+    seq = int(seq_len_tokens or cfg.train.seq_length_tokens
               or min(DEFAULT_SEQ_LEN_TOKENS, m.max_position_embeddings))
-    micro = int(micro_batch_samples or _recipe_value(cfg, "train.micro_batch_samples") or 1)
+    micro = int(micro_batch_samples or cfg.train.micro_batch_samples or 1)
     gpn = gpus_per_node or world_size
     if world_size % gpn:
         raise ConfigError("gpus_per_node", gpn, f"does not divide world_size={world_size}")
@@ -398,21 +386,11 @@ def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float
 
 
 def load_for_plan(recipe: str, overrides: list[str]) -> RecipeConfig:
-    """Compose and validate like `load_recipe`, except that a missing Transformer Engine is not
-    an error on a login node (the plan warns; the trainer's own validate() still refuses)."""
-    from exaone_train.config.load import compose_recipe, to_object
-    from exaone_train.config.validate import validate_model, validate_parallel, validate_precision
+    """`load_recipe` for a login node: the whole validate() pass, except that what depends on
+    this machine (Transformer Engine installed) is left to the trainer (the plan warns)."""
+    from exaone_train.config.load import load_recipe
 
-    cfg = to_object(compose_recipe(recipe, overrides))
-    validate_model(cfg.model)
-    validate_parallel(cfg.parallel, cfg.model)
-    try:
-        validate_precision(cfg.precision)
-    except ConfigError as e:
-        te_missing = importlib.util.find_spec("transformer_engine") is None
-        if not (te_missing and "Transformer Engine" in e.rule):
-            raise
-    return cfg
+    return load_recipe(recipe, overrides, runnable_here=False, reads_train_data=False)
 
 
 def curriculum_plan(cfg: RecipeConfig, world_size: int, **kwargs: Any) -> dict[str, Any] | None:
@@ -436,3 +414,25 @@ def curriculum_plan(cfg: RecipeConfig, world_size: int, **kwargs: Any) -> dict[s
                    fits=p["memory"]["fits"], step_time_s=step_s,
                    days=st.steps * step_s / 86400)
     return out
+
+
+def smallest_world(cfg: RecipeConfig, gpus_per_node: int, part_node: bool = True,
+                   max_world: int = 1 << 16) -> int:
+    """The smallest world size the recipe's layout and batch run on (`plan` without --nodes):
+    a multiple of tp*pp*cp and of `gpus_per_node` (or, with `part_node`, fewer GPUs of one
+    node) that `check_layout` and the batch rules accept."""
+    p, t = cfg.parallel, cfg.train
+    step = p.tp * p.pp * p.cp
+    for world in range(step, max_world + 1, step):
+        if world % gpus_per_node and not (part_node and world < gpus_per_node):
+            continue
+        try:
+            check_layout(p, cfg.model, world, t.seq_length_tokens)
+            validate_batching(t.global_batch_samples, t.micro_batch_samples, world // step, p)
+        except ConfigError:
+            continue
+        return world
+    raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp} ep={p.ep}",
+                      f"no world size up to {max_world} runs this layout with "
+                      f"train.global_batch_samples={t.global_batch_samples} (fewer "
+                      "--gpus-per-node, or give --nodes to see why)")

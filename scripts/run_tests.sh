@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export TORCHDYNAMO_DISABLE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
+# lint first: seconds, and a finding fails the suite like a failing test
+$PY -m ruff check launcher exaone_train data_pipeline tests bench || { echo "ruff: lint findings: failing"; exit 1; }
 if [[ -x slurm/ci/local_slurm.sh ]] && [[ "${EXAONE_SKIP_SLURM:-0}" != 1 ]]; then
   slurm/ci/local_slurm.sh up || echo "local Slurm could not start: tests/slurm will be skipped"
 fi

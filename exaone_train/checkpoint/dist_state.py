@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint.api import CheckpointException
 
 from exaone_train.checkpoint.sharded import load_model_into, model_state
 from exaone_train.errors import CheckpointError
@@ -23,12 +24,47 @@ def save_model_state(chunks: list, path: str | Path) -> None:
 
 
 def load_model_state(chunks: list, path: str | Path) -> None:
-    """Load weights under any layout into this rank's chunks."""
+    """Load weights under any layout into this rank's chunks (`train.init_from`, NIAH): the
+    same check as a resume's first (`check_compatible`), so weights of another model are a
+    CheckpointError naming the keys and shapes."""
     path = Path(path)
-    if not (path / "metadata.json").exists():
-        raise CheckpointError(f"{path}: not a dist_checkpointing directory (no metadata.json)")
+    check_compatible(chunks, path)
     try:
         state = dist_checkpointing.load(model_state(chunks), str(path))
-    except (KeyError, RuntimeError, ValueError, AssertionError) as e:
-        raise CheckpointError(f"{path}: does not match this model: {e}") from e
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's is a BaseException
+        raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: "
+                              f"{str(e)[:2000]}") from None
     load_model_into(chunks, state)
+
+
+def check_compatible(chunks: list, model_dir: Path, limit: int = 8) -> None:
+    """CheckpointError naming the first mismatched keys and shapes when the checkpoint in
+    `model_dir` is of another model (compares global shapes, layout-free)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    if not (model_dir / "metadata.json").is_file():
+        inner = model_dir / "model"
+        hint = f" (did you mean {inner}?)" if (inner / "metadata.json").is_file() else ""
+        raise CheckpointError(f"{model_dir}: no dist_checkpointing metadata.json{hint}")
+    saved = dist_checkpointing.load_tensors_metadata(str(model_dir))
+    want = {}
+    for v in nested_values(model_state(chunks)):
+        for t in (nested_values(v.build()) if isinstance(v, ShardedTensorFactory) else [v]):
+            if isinstance(t, ShardedTensor):
+                want[t.key] = tuple(t.global_shape)
+    missing = [k for k in want if k not in saved]
+    shapes = [f"{k}: checkpoint {tuple(saved[k].global_shape)} vs model {want[k]}"
+              for k in want if k in saved and tuple(saved[k].global_shape) != want[k]]
+    extra = [k for k in saved if not k.startswith("optimizer.") and k not in want]
+    if missing or shapes or extra:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatches: {shapes[:limit]}")
+        if missing:
+            parts.append(f"{len(missing)} keys missing from the checkpoint, first: "
+                         f"{missing[:limit]}")
+        if extra:
+            parts.append(f"{len(extra)} keys the model does not have, first: {extra[:limit]}")
+        raise CheckpointError(f"{model_dir}: checkpoint of another model: " + "; ".join(parts))
+

@@ -34,9 +34,11 @@ from megatron.core import dist_checkpointing, parallel_state
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
-from exaone_train.checkpoint import sharded, signals, verify
-from exaone_train.config.schema import CheckpointConfig, RecipeConfig
-from exaone_train.errors import CheckpointError, ConfigError
+from exaone_train.checkpoint import progress, sharded, signals, verify
+from exaone_train.checkpoint.dist_state import check_compatible
+from exaone_train.config.schema import RecipeConfig
+from exaone_train.config.validate import validate_checkpoint_config
+from exaone_train.errors import CheckpointError
 from exaone_train.parallel.state import device as rank_device
 
 if TYPE_CHECKING:
@@ -85,26 +87,6 @@ def _all_ok(ok: bool) -> bool:
     t = torch.tensor([0.0 if ok else 1.0], device=rank_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item() == 0.0
-
-
-def validate_checkpoint_config(c: CheckpointConfig) -> None:
-    if c.interval_steps < 0:
-        raise ConfigError("checkpoint.interval_steps", c.interval_steps, "must be >= 0")
-    if c.interval_minutes < 0:
-        raise ConfigError("checkpoint.interval_minutes", c.interval_minutes, "must be >= 0")
-    if c.keep_last < 1:
-        raise ConfigError("checkpoint.keep_last", c.keep_last,
-                          "must be >= 1 (the newest checkpoint is never removed)")
-    if c.verify_on_load not in ("sha256", "size"):
-        raise ConfigError("checkpoint.verify_on_load", c.verify_on_load,
-                          "must be 'sha256' or 'size'")
-    if c.async_save and not torch.cuda.is_available():
-        raise ConfigError("checkpoint.async_save", True,
-                          "needs a GPU (megatron-core's async save overlaps a CUDA->CPU copy "
-                          "with training); on CPU saves are synchronous, set it to false")
-    if c.async_save:
-        raise ConfigError("checkpoint.async_save", True,
-                          "is not implemented yet (see docs/CHECKPOINTS.md); set it to false")
 
 
 def rng_state() -> dict:
@@ -172,7 +154,8 @@ class CheckpointManager:
     def latest_valid(self) -> Path | None:
         """The newest checkpoint that verifies (collective); a bad one is named and skipped."""
         for path in self.candidates():
-            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256")
+            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256",
+                                     progress=True)
             if not problems:
                 return path
             if _rank() == 0:
@@ -189,11 +172,13 @@ class CheckpointManager:
         self._prepare_tmp(tmp)
         adamw_step = sharded.adamw_step(trainer.optimizer)  # collective: before any failure
         start_writer_helper()
-        err = ""
+        err, expected = "", self._model_bytes(self.candidates()[:1])
         try:
-            dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),
-                                    str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
-                                    async_sharded_save=False)
+            with progress.sampled(f"checkpoint write {name}", lambda: progress.dir_bytes(
+                    tmp / MODEL_DIR), expected, _rank() == 0):
+                dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),
+                                        str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
+                                        async_sharded_save=False)
             _fault("kill_during_save", trainer.step)
             self._write_rank_files(trainer, tmp, adamw_step)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - disk full / read-only
@@ -220,6 +205,16 @@ class CheckpointManager:
                      t_write, gib / max(t_write, 1e-9), " [keep]" if final else "")
         self.apply_retention()
         return dest
+
+    @staticmethod
+    def _model_bytes(paths: list[Path]) -> int | None:
+        """Size of the model/ files of the first checkpoint in `paths` (its manifest): about
+        what the next save writes; None without one (the bar shows bytes only)."""
+        manifest = verify.read_manifest(paths[0]) if paths else None
+        if manifest is None:
+            return None
+        return sum(e["bytes"] for rel, e in manifest["files"].items()
+                   if rel.startswith(MODEL_DIR + os.sep))
 
     def _prepare_tmp(self, tmp: Path) -> None:
         ok, err = True, ""
@@ -329,7 +324,8 @@ class CheckpointManager:
         """`checkpoint.load_from` if set, else the newest valid checkpoint of this run."""
         if self.cfg.load_from:
             path = Path(self.cfg.load_from)
-            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256")
+            problems = verify.verify(path, checksums=self.cfg.verify_on_load == "sha256",
+                                     progress=True)
             if problems:
                 raise CheckpointError(f"checkpoint.load_from={path} does not verify: "
                                       + "; ".join(problems[:5]))
@@ -341,11 +337,13 @@ class CheckpointManager:
         rank's RNG state (or {}), to apply when the loop starts. `load_data=False`: the
         checkpoint is of an earlier curriculum stage; the trainer's data stays at sample 0."""
         t0 = time.perf_counter()
-        check_compatible(trainer.model, trainer.optimizer, path / MODEL_DIR)
+        check_compatible(trainer.model, path / MODEL_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
         request = sharded.full_state(trainer.model, trainer.optimizer)
-        try:
-            loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
+        try:  # bytes read, no total: this process reads metadata and its share, some twice
+            with progress.sampled(f"checkpoint load {path.name}", progress.bytes_read, None,
+                                  _rank() == 0):
+                loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
         except Exception as e:  # noqa: BLE001 - megatron raises several types; name the file
             raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: {e}") from e
         sharded.load_model_into(trainer.model, loaded)
@@ -373,33 +371,3 @@ class CheckpointManager:
             log.info("%s resumed from %s at step %d (%d tokens) in %.1fs", trainer.prefix, path,
                      trainer.step, trainer.consumed_tokens, time.perf_counter() - t0)
         return rng
-
-
-def check_compatible(chunks: list, optimizer: Any, model_dir: Path, limit: int = 8) -> None:
-    """CheckpointError naming the first mismatched keys and shapes when the checkpoint in
-    `model_dir` is of another model (compares global shapes, layout-free)."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    if not (model_dir / "metadata.json").is_file():
-        raise CheckpointError(f"{model_dir}: no dist_checkpointing metadata.json")
-    saved = dist_checkpointing.load_tensors_metadata(str(model_dir))
-    want = {}
-    for v in nested_values(sharded.model_state(chunks)):
-        for t in (nested_values(v.build()) if isinstance(v, ShardedTensorFactory) else [v]):
-            if isinstance(t, ShardedTensor):
-                want[t.key] = tuple(t.global_shape)
-    missing = [k for k in want if k not in saved]
-    shapes = [f"{k}: checkpoint {tuple(saved[k].global_shape)} vs model {want[k]}"
-              for k in want if k in saved and tuple(saved[k].global_shape) != want[k]]
-    extra = [k for k in saved if not k.startswith("optimizer.") and k not in want]
-    if missing or shapes or extra:
-        parts = []
-        if shapes:
-            parts.append(f"shape mismatches: {shapes[:limit]}")
-        if missing:
-            parts.append(f"{len(missing)} keys missing from the checkpoint, first: "
-                         f"{missing[:limit]}")
-        if extra:
-            parts.append(f"{len(extra)} keys the model does not have, first: {extra[:limit]}")
-        raise CheckpointError(f"{model_dir}: checkpoint of another model: " + "; ".join(parts))

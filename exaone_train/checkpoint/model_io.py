@@ -19,13 +19,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from exaone_train.config.schema import ParallelConfig, PrecisionConfig, RecipeConfig
 from exaone_train.errors import CheckpointError
 
 CONFIG_FILE, MODEL_DIR = "config.yaml", "model"
+# Settings nothing read, removed from the schema; checkpoints saved before still carry them.
+RETIRED_KEYS = (("extra",), ("train", "eval_interval_steps"), ("train", "reset_position_ids"),
+                ("run", "name"))
 
 
 def _rank() -> int:
@@ -50,7 +53,12 @@ def read_config(ckpt_dir: str | Path) -> RecipeConfig:
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_FILE} (not a model checkpoint)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RecipeConfig), OmegaConf.load(path))
+        saved = OmegaConf.load(path)
+        for *section, key in RETIRED_KEYS:
+            node = OmegaConf.select(saved, ".".join(section)) if section else saved
+            if isinstance(node, DictConfig) and key in node:
+                node.pop(key)
+        merged = OmegaConf.merge(OmegaConf.structured(RecipeConfig), saved)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise CheckpointError(f"{path}: does not match the recipe schema: {e}") from None
@@ -113,7 +121,7 @@ def load_model_checkpoint(ckpt_dir: str | Path, parallel_cfg: ParallelConfig | N
         cfg = dataclasses.replace(cfg, parallel=parallel_cfg)
     if precision_cfg is not None:
         cfg = dataclasses.replace(cfg, precision=precision_cfg)
-    validate(cfg)
+    validate(cfg, reads_train_data=False)  # the model's rules; no training data is read
     model_dir = ckpt_dir / MODEL_DIR
     if not (model_dir / "metadata.json").is_file():
         raise CheckpointError(f"{model_dir}: no dist_checkpointing metadata.json "

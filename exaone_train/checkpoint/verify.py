@@ -16,6 +16,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from exaone_train.checkpoint.progress import bar as progress_bar
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _CHUNK = 8 << 20
@@ -63,13 +65,8 @@ def hash_files(ckpt_dir: Path, files: list[str], progress: bool = False) -> dict
     """{relpath: {"bytes", "sha256"}} for every file; each rank hashes its share (collective)."""
     rank, world = _world()
     mine = files[rank::world]
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        total = sum((ckpt_dir / f).stat().st_size for f in mine)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="checkpoint sha256", leave=False)
-    else:
-        bar = None
+    bar = progress_bar("checkpoint sha256", sum((ckpt_dir / f).stat().st_size for f in mine),
+                       progress and rank == 0)
     local = {}
     for rel in mine:
         p = ckpt_dir / rel
@@ -124,9 +121,11 @@ def read_manifest(ckpt_dir: Path) -> dict | None:
     return m if isinstance(m, dict) and isinstance(m.get("files"), dict) else None
 
 
-def verify(ckpt_dir: Path, checksums: bool = True, collective: bool = True) -> list[str]:
+def verify(ckpt_dir: Path, checksums: bool = True, collective: bool = True,
+           progress: bool = False) -> list[str]:
     """Problems found in `ckpt_dir` (empty list = valid). With `collective`, every rank must
-    call it; the hashing is shared out and every rank gets the same answer."""
+    call it; the hashing is shared out and every rank gets the same answer. `progress`: a
+    bar of the bytes rank 0 hashes."""
     ckpt_dir = Path(ckpt_dir)
     manifest = read_manifest(ckpt_dir)
     problems: list[str] = []
@@ -145,9 +144,16 @@ def verify(ckpt_dir: Path, checksums: bool = True, collective: bool = True) -> l
                             f"{entries[rel]['bytes']}")
     if checksums and not problems:
         rank, world = _world() if collective else (0, 1)
-        for rel in names[rank::world]:
+        mine = names[rank::world]
+        bar = progress_bar(f"checkpoint verify {ckpt_dir.name}",
+                           sum(entries[rel]["bytes"] for rel in mine), progress and rank == 0)
+        for rel in mine:
             if sha256_file(ckpt_dir / rel) != entries[rel]["sha256"]:
                 problems.append(f"{rel}: sha256 differs from the manifest")
+            if bar is not None:
+                bar.update(entries[rel]["bytes"])
+        if bar is not None:
+            bar.close()
     if collective and _world()[1] > 1:
         parts: list[Any] = [None] * _world()[1]
         dist.all_gather_object(parts, problems)

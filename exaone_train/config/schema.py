@@ -9,7 +9,6 @@ train` runs the `train:` section as one stage and ignores it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -128,7 +127,6 @@ class TrainConfig:
     # scores depend only on i - j, so within a document-masked sample they restart implicitly;
     # megatron's GPTModel ignores position_ids under RoPE anyway.)
     document_attention_mask: bool = True
-    eval_interval_steps: int = 0
     # Synthetic data ("synthetic"): a learnable generated token stream for smoke tests and
     # benchmarks; otherwise the data pipeline's stage dataset ("pipeline").
     data_source: str = "pipeline"
@@ -178,7 +176,6 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
-    name: str = "run"
 
 
 @dataclass
@@ -203,7 +200,6 @@ class RecipeConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1234
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:

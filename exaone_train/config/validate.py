@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 
-from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RecipeConfig
+from data_pipeline.config import validate_stage
+from exaone_train.config.schema import (
+    CheckpointConfig,
+    ModelConfig,
+    ParallelConfig,
+    PrecisionConfig,
+    RecipeConfig,
+)
 from exaone_train.errors import ConfigError
 from exaone_train.model.layout import SLIDING, layer_types
+from exaone_train.optim.config import validate_optim
 
 _FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 _CP_COMM_TYPES = ("all_gather", "a2a", "p2p", "a2a+p2p")
+DATA_SOURCES = ("pipeline", "synthetic")
+VERIFY_ON_LOAD = ("sha256", "size")
 
 
 def _require(cond: bool, field: str, value: object, rule: str) -> None:
@@ -133,12 +143,58 @@ def validate_batching(global_batch_samples: int, micro_batch_samples: int, dp: i
     return num_microbatches
 
 
-def validate_precision(prec: PrecisionConfig) -> None:
+def validate_train(cfg: RecipeConfig) -> None:
+    """The `train:` section's own numbers (the world-size rules are `validate_batching`'s)."""
+    t = cfg.train
+    for name in ("seq_length_tokens", "micro_batch_samples", "global_batch_samples"):
+        _require(getattr(t, name) > 0, f"train.{name}", getattr(t, name), "must be > 0")
+    _require(t.global_batch_samples % t.micro_batch_samples == 0, "train.global_batch_samples",
+             t.global_batch_samples,
+             f"must be a multiple of train.micro_batch_samples={t.micro_batch_samples}")
+    for name in ("train_steps", "train_tokens"):
+        value = getattr(t, name)
+        _require(value is None or value > 0, f"train.{name}", value, "must be > 0 or null")
+
+
+def validate_data_stage(cfg: RecipeConfig, reads_train_data: bool = True) -> None:
+    """`train.data_source` and the data stage a pipeline run reads: a stage of `data.stages`,
+    valid, with the trainer's sequence length. `reads_train_data=False` (a plan, NIAH): the
+    stage is checked if the recipe has data stages, and its length may differ."""
+    t = cfg.train
+    _require(t.data_source in DATA_SOURCES, "train.data_source", t.data_source,
+             f"must be one of {DATA_SOURCES}")
+    if t.data_source != "pipeline" or (not cfg.data.stages and not reads_train_data):
+        return
+    _require(t.data_stage in cfg.data.stages, "train.data_stage", t.data_stage,
+             f"is not one of data.stages {sorted(cfg.data.stages)}")
+    stage = cfg.data.stages[t.data_stage]
+    validate_stage(stage, f"data.stages.{t.data_stage}")
+    _require(not reads_train_data or stage.seq_length == t.seq_length_tokens,
+             "train.seq_length_tokens", t.seq_length_tokens,
+             f"must equal data.stages.{t.data_stage}.seq_length={stage.seq_length}")
+
+
+def validate_checkpoint_config(c: CheckpointConfig) -> None:
+    _require(c.interval_steps >= 0, "checkpoint.interval_steps", c.interval_steps, "must be >= 0")
+    _require(c.interval_minutes >= 0, "checkpoint.interval_minutes", c.interval_minutes,
+             "must be >= 0")
+    _require(c.keep_last >= 1, "checkpoint.keep_last", c.keep_last,
+             "must be >= 1 (the newest checkpoint is never removed)")
+    _require(c.verify_on_load in VERIFY_ON_LOAD, "checkpoint.verify_on_load", c.verify_on_load,
+             "must be 'sha256' or 'size'")
+    _require(not c.async_save, "checkpoint.async_save", c.async_save,
+             "is not implemented yet (megatron-core's async save overlaps a CUDA->CPU copy with "
+             "training; see docs/CHECKPOINTS.md): saves are synchronous, set it to false")
+
+
+def validate_precision(prec: PrecisionConfig, require_te_installed: bool = True) -> None:
+    """`require_te_installed=False` (a plan on a login node): a recipe that needs Transformer
+    Engine is accepted here; the trainer's own validate() refuses it where TE is missing."""
     _require(prec.dtype in ("fp32", "bf16"), "precision.dtype", prec.dtype, "must be fp32 | bf16")
     _require(prec.transformer_impl in ("auto", "local", "transformer_engine"),
              "precision.transformer_impl", prec.transformer_impl,
              "must be auto | local | transformer_engine")
-    te = importlib.util.find_spec("transformer_engine") is not None
+    te = importlib.util.find_spec("transformer_engine") is not None or not require_te_installed
     if prec.fp8 is not None:
         _require(prec.fp8 in _FP8_RECIPES, "precision.fp8", prec.fp8,
                  f"must be null or one of {_FP8_RECIPES}")
@@ -223,10 +279,19 @@ def validate_backend(cfg: RecipeConfig) -> None:
                           "THD sequences); set it to false there")
 
 
-def validate(cfg: RecipeConfig) -> None:
-    """Raise ConfigError on the first broken rule."""
+def validate(cfg: RecipeConfig, runnable_here: bool = True, reads_train_data: bool = True) -> None:
+    """Raise ConfigError on the first broken rule: every rule of the recipe, once, before
+    anything is built or written. `runnable_here=False` (`plan`, `launch --dry-run`, `model
+    info` on a login node) leaves out what depends on this machine (Transformer Engine
+    installed, which attention path runs); the trainer validates again where it runs.
+    `reads_train_data=False` (plan, NIAH): see `validate_data_stage`."""
     validate_model(cfg.model)
     validate_parallel(cfg.parallel, cfg.model)
-    validate_precision(cfg.precision)
+    validate_precision(cfg.precision, require_te_installed=runnable_here)
     validate_fp8(cfg)
-    validate_backend(cfg)
+    if runnable_here:
+        validate_backend(cfg)
+    validate_train(cfg)
+    validate_data_stage(cfg, reads_train_data)
+    validate_optim(cfg.optim)
+    validate_checkpoint_config(cfg.checkpoint)

@@ -74,9 +74,6 @@ class CurriculumPlan:
     def total_tokens(self) -> int:
         return self.stages[-1].end_tokens
 
-    def index_of(self, name: str) -> int:
-        return next(s.index for s in self.stages if s.name == name)
-
     def to_dict(self) -> dict[str, Any]:
         from exaone_train.optim.schedule import lr_at
 

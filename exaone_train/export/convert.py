@@ -101,9 +101,8 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path,
     tensors = read_hf_tensors(hf_dir)
     m = model_config_for_hf(hf_config, list(tensors), name=Path(hf_dir).name or "hf_import")
     cfg = RecipeConfig(model=m, parallel=ParallelConfig(),
-                       precision=precision or PrecisionConfig(dtype="fp32"),
-                       extra={"converted_from": str(Path(hf_dir).resolve())})
-    validate(cfg)
+                       precision=precision or PrecisionConfig(dtype="fp32"))
+    validate(cfg, reads_train_data=False)
     state.setup(cfg.parallel, cfg.seed)
     model = build_model(cfg.model, cfg.parallel, conversion_precision(cfg.precision))
     load_hf_state_dict(model, tensors, m)

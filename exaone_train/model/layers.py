@@ -34,7 +34,7 @@ class RMSNorm(torch.nn.Module):
                                                     device=state.device()))
         # Under sequence parallelism each TP rank sees other tokens: the grad must be summed
         # over TP (megatron-core's finalize_model_grads reads this attribute).
-        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+        self.weight.sequence_parallel = config.sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()

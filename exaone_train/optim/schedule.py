@@ -8,9 +8,7 @@ half-cosine decay with num_cycles=0.5), with steps replaced by tokens.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from torch.optim import Optimizer
+from typing import TYPE_CHECKING, Any
 
 from exaone_train.errors import ConfigError
 from exaone_train.optim.config import (
@@ -19,6 +17,9 @@ from exaone_train.optim.config import (
     decay_tokens_of,
     validate_schedule,
 )
+
+if TYPE_CHECKING:  # the LR functions are pure arithmetic: `plan` must not import torch
+    from torch.optim import Optimizer
 
 
 def _shape(kind: str, progress: float, rising: bool) -> float:

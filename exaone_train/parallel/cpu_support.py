@@ -58,7 +58,7 @@ class _DummyStream:
 
     def wait_stream(self, *args: Any) -> None: ...
     def wait_event(self, *args: Any) -> None: ...
-    def record_event(self, *args: Any) -> "_DummyStream":
+    def record_event(self, *args: Any) -> _DummyStream:
         return _DummyStream()
     def record(self, *args: Any) -> None: ...
     def synchronize(self) -> None: ...
@@ -205,7 +205,3 @@ def install() -> bool:
     _INSTALLED = True
     log.info("CPU support for megatron-core installed (no CUDA on this machine)")
     return True
-
-
-def is_active() -> bool:
-    return _INSTALLED

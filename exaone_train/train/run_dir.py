@@ -14,6 +14,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from exaone_train.config.schema import RecipeConfig
+from exaone_train.errors import ConfigError
 
 _PACKAGES = ("torch", "megatron-core", "transformers", "datasets", "tokenizers", "hydra-core",
              "transformer-engine", "exaone-train")
@@ -43,12 +44,27 @@ def run_info() -> dict:
             "world_size": dist.get_world_size() if dist.is_initialized() else 1}
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """ConfigError when `run.dir` (or a parent) is a file. Every rank checks, so every rank
+    raises and none waits at rank 0's barrier."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError("run.dir", str(run_dir),
+                                  f"{path} is a file, not a directory; choose another run.dir")
+            return
+
+
 def prepare_run_dir(cfg: RecipeConfig) -> Path:
     run_dir = Path(cfg.run.dir)
+    check_run_dir(run_dir)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+        except OSError as e:  # read-only, no permission, disk full
+            raise ConfigError("run.dir", str(run_dir), f"cannot be written: {e}") from None
     if dist.is_initialized():
         dist.barrier()
     return run_dir

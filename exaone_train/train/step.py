@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -89,7 +89,6 @@ class StepResult:
     grad_norm: float | None
     skipped: bool
     skip_reason: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _global_mean_loss(losses_reduced: list[dict]) -> tuple[float, int]:

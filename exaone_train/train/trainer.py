@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.config.validate import validate_batching as _batching_rules
+from exaone_train.config.validate import validate_data_stage
 from exaone_train.errors import ConfigError
 from exaone_train.model.builder import build_model
 from exaone_train.model.counts import training_flops_per_token
@@ -77,16 +78,9 @@ def build_data(cfg: RecipeConfig):
 
 
 def stage_data_config(cfg: RecipeConfig):
-    """The data stage this run reads; its sequence length must be the trainer's."""
-    t = cfg.train
-    if t.data_stage not in cfg.data.stages:
-        raise ConfigError("train.data_stage", t.data_stage,
-                          f"is not one of data.stages {sorted(cfg.data.stages)}")
-    stage = cfg.data.stages[t.data_stage]
-    if stage.seq_length != t.seq_length_tokens:
-        raise ConfigError("train.seq_length_tokens", t.seq_length_tokens,
-                          f"must equal data.stages.{t.data_stage}.seq_length={stage.seq_length}")
-    return stage
+    """The data stage this run reads (validate()'s rule again: a curriculum stage switches it)."""
+    validate_data_stage(cfg)
+    return cfg.data.stages[cfg.train.data_stage]
 
 
 AUTO = "auto"  # Trainer(resume_from=AUTO): the newest valid checkpoint of the run directory

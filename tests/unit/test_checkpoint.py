@@ -6,6 +6,7 @@ cadence saves; bad settings are ConfigErrors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,10 +44,11 @@ def _steps(t: T.Trainer, n: int) -> None:
         t.train_one_step()
 
 
-def test_roundtrip_restores_model_optimizer_and_train_state_exactly(tmp_path):
+def test_roundtrip_restores_model_optimizer_and_train_state_exactly(tmp_path, capfd):
     a = _trainer(tmp_path / "run", "checkpoint.interval_steps=0")
     _steps(a, 3)
     a.checkpointing.manager.save(a)
+    assert "checkpoint write iter_0000003" in capfd.readouterr().err  # progress on rank 0
     params = {n: p.detach().clone() for n, p in a.model[0].named_parameters()}
     opt = {i: {k: v.clone() for k, v in a.optimizer.optimizer.state[p].items()}
            for i, (_, p) in enumerate(sharded.param_pairs(a.optimizer))}
@@ -55,6 +57,8 @@ def test_roundtrip_restores_model_optimizer_and_train_state_exactly(tmp_path):
     assert any(float(s.get("step", 0)) == 3 for s in opt.values())  # and AdamW's
     state.teardown()
     b = _trainer(tmp_path / "run", "checkpoint.interval_steps=0")  # resumes in __init__
+    shown = capfd.readouterr().err
+    assert "checkpoint verify iter_0000003: 100%" in shown and "checkpoint load iter_0000003" in shown
     assert (b.step, b.consumed_samples, b.consumed_tokens) == (3, 6, 6 * 32)
     for n, p in b.model[0].named_parameters():
         assert torch.equal(p, params[n]), n
@@ -90,16 +94,20 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
         "missing or unreadable (incomplete save)")
 
 
-def test_checkpoint_of_another_model_names_keys_and_shapes(tmp_path):
+@pytest.mark.parametrize("how", ["checkpoint.load_from={ckpt}", "train.init_from={ckpt}/model"])
+def test_checkpoint_of_another_model_names_keys_and_shapes(tmp_path, how):
+    """Resuming (`checkpoint.load_from`) and initialising (`train.init_from`) go through the
+    same check: the keys and shapes, not DCP's 50-line exception or an 8 KB KeyError."""
     t = _trainer(tmp_path / "a", "checkpoint.interval_steps=0")
     _steps(t, 1)
     path = t.checkpointing.manager.save(t)
     state.teardown()
     with pytest.raises(CheckpointError) as e:
-        _trainer(tmp_path / "b", f"checkpoint.load_from={path}", "model.ffn_hidden_size=96")
+        _trainer(tmp_path / "b", how.format(ckpt=path), "model.ffn_hidden_size=96")
     msg = str(e.value)
     assert "another model" in msg and "decoder.layers.0.mlp.linear_fc1.weight" in msg
     assert "(384, 64)" in msg and "(192, 64)" in msg  # gated fc1: 2 x ffn rows
+    assert len(msg) < 2000
 
 
 def _mount_tmpfs(path, size: str) -> bool:
@@ -181,7 +189,13 @@ def test_wall_clock_cadence_saves(tmp_path):
     ("checkpoint.verify_on_load=md5", "checkpoint.verify_on_load"),
 ])
 def test_bad_settings_are_config_errors(tmp_path, override, field):
-    cfg = load_recipe("tiny_cpu", [f"run.dir={tmp_path}", *TINY, override])
-    with pytest.raises(ConfigError) as e:
-        CheckpointManager(cfg, tmp_path)
+    with pytest.raises(ConfigError) as e:  # by validate(), before anything is built
+        load_recipe("tiny_cpu", [f"run.dir={tmp_path}", *TINY, override])
+    assert e.value.field == field
+    cfg = load_recipe("tiny_cpu", [f"run.dir={tmp_path}", *TINY])
+    key, value = override.removeprefix("checkpoint.").split("=")
+    bad = {"true": True, "0": 0}.get(value, value)
+    with pytest.raises(ConfigError) as e:  # and by the manager, for a config built in code
+        CheckpointManager(dataclasses.replace(cfg, checkpoint=dataclasses.replace(
+            cfg.checkpoint, **{key: bad})), tmp_path)
     assert e.value.field == field

@@ -26,7 +26,7 @@ def _plan(overrides, world_size=None):
     ([f"{S}.0.train_steps=null"], f"{S}.0.train_tokens", "exactly one"),
     ([f"{S}.0.micro_batch_samples=3"], f"{S}.0.global_batch_samples", "multiple of"),
     ([f"{S}.3.parallel.cp=3"], f"{S}.3.seq_length_tokens", "2*parallel.cp=6"),
-    ([f"{S}.3.parallel.context=2"], "recipe tiny_cpu", "context"),  # not a parallel field
+    ([f"{S}.3.parallel.context=2"], f"{S}[3].parallel.context", "is not a key of section"),
     ([f"{S}.1.gate.on_fail=maybe"], f"{S}.1.gate.on_fail", "retry, stop, continue"),
     ([f"{S}.1.gate.retry_tokens=null"], f"{S}.1.gate.retry_tokens", "retry needs"),
     ([f"{S}.1.gate.max_retries=0"], f"{S}.1.gate.max_retries", "max_retries >= 1"),

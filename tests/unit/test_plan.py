@@ -146,3 +146,20 @@ def test_plan_cli_json_and_errors(capsys):
     assert "world_size=48" in capsys.readouterr().err
     assert main(["plan", "--gpus-per-node", "2", "parallel.tp=2"]) == 2  # tiny MoE, TP2, no SP
     assert "sequence_parallel" in capsys.readouterr().err
+
+
+def test_plan_counts_the_optimizer_the_recipe_trains_with():
+    """`optim=adamw_wsd` plans AdamW's 8 bytes of state per parameter, as `--optimizer adamw`
+    does (the plan used to look for a field named name/optimizer/type and plan Muon)."""
+    by_recipe = make_plan(load_for_plan("exaone4_32b", ["optim=adamw_wsd"]), 8,
+                          global_batch_samples=16)
+    by_flag = make_plan(load_for_plan("exaone4_32b", []), 8, global_batch_samples=16,
+                        optimizer="adamw")
+    muon = make_plan(load_for_plan("exaone4_32b", []), 8, global_batch_samples=16)
+    assert by_recipe["memory"]["optimizer"] == "adamw" and muon["memory"]["optimizer"] == "muon"
+    assert by_recipe["memory"]["total_per_gpu_gib"] == by_flag["memory"]["total_per_gpu_gib"]
+    # AdamW - Muon = 4 more bytes on every Muon-updated (2-D hidden) parameter
+    stage = muon["pipeline"]["stages"][0]
+    extra = by_recipe["memory"]["static_per_gpu_gib"]["replicated"] - \
+        muon["memory"]["static_per_gpu_gib"]["replicated"]
+    assert 0 < extra * GIB < 4 * stage["params"]

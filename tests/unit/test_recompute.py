@@ -9,7 +9,6 @@ recompute path that dropped a layer's gradient, replayed with other weights or l
 mask in the checkpoint is off by far more than that."""
 
 import pytest
-import torch
 
 from exaone_train.config.load import load_recipe
 from exaone_train.parallel import state

@@ -1,6 +1,7 @@
 """The trainer on one process: the loss falls, bad steps are skipped and counted, metrics land
 in metrics.jsonl."""
 
+import dataclasses
 import json
 
 import pytest
@@ -86,8 +87,11 @@ def test_too_many_skips_stop_cleanly(tmp_path):
 def test_batch_not_divisible_is_config_error(tmp_path):
     from exaone_train.errors import ConfigError
 
-    cfg = _cfg(tmp_path, "train.global_batch_samples=7")
-    with pytest.raises(ConfigError, match="train.global_batch_samples"):
+    with pytest.raises(ConfigError, match="train.global_batch_samples"):  # validate()
+        _cfg(tmp_path, "train.global_batch_samples=7")
+    cfg = _cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, global_batch_samples=7))
+    with pytest.raises(ConfigError, match="train.global_batch_samples"):  # and with the DP size
         trainer_mod.main(cfg)
 
 
