@@ -8,13 +8,17 @@
 - `LocalCoreAttention`: causal attention with HF sliding-window semantics and an optional
   document mask, for the CPU / local path. megatron-core's local DotProductAttention replaces
   any given mask with the window mask, so a packed sample's document mask would be lost (and
-  it refuses context parallelism). Under CP it all-gathers K/V over the CP group
-  (`exaone_train.parallel.context`) and masks on global positions.
+  it refuses context parallelism). It runs blockwise (`model.blockwise`, memory O(s) for a
+  sliding-window layer); under CP sliding-window layers exchange a halo
+  (`exaone_train.parallel.halo`), global layers all-gather K/V
+  (`exaone_train.parallel.context`), and masks compare global positions.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 from megatron.core.tensor_parallel.layers import RowParallelLinear
@@ -22,8 +26,10 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 
+from exaone_train.model.blockwise import Visibility, blockwise_attention
 from exaone_train.parallel import state
 from exaone_train.parallel.context import gather_sequence, load_balanced_positions
+from exaone_train.parallel.halo import exchange_halo, halo_fits
 
 
 class RMSNorm(torch.nn.Module):
@@ -59,15 +65,24 @@ class PostNormRowParallelLinear(RowParallelLinear):
 class LocalCoreAttention(MegatronModule):
     """softmax(QK^T / sqrt(d) + mask) V with GQA, in fp32 softmax.
 
-    Mask = causal AND (sliding window on window layers) AND NOT `attention_mask` (megatron
-    convention: True = masked). Window semantics follow `config.window_size=(W-1, 0)`: key j is
-    visible from query i iff i - (W-1) <= j <= i, i.e. HF's i - W < j <= i.
+    Visible keys = causal AND (sliding window on window layers) AND (same document). Window
+    semantics follow `config.window_size=(W-1, 0)`: key j is visible from query i iff
+    i - (W-1) <= j <= i, i.e. HF's i - W < j <= i.
+
+    `attention_mask` is either document ids ([b, s] integers, every position in global order,
+    what the trainer passes) or a megatron-style bool mask (True = masked; [b, 1, s_q, s_k],
+    under CP [b, 1, s_local, s] with keys in global order). The attention itself is
+    blockwise (`model.blockwise`): no [s_q, s_k] scores or mask are built, and the backward
+    recomputes per tile. Attention dropout > 0 (or `blockwise = False`) takes the dense path.
 
     Context parallelism (the CP group of `pg_collection` has size > 1): q/k/v hold this rank's
-    load-balanced chunks (`load_balanced_positions`); K and V are all-gathered into global
-    order, and the masks compare global positions. `attention_mask` is then [b, 1, s_local, s]:
-    rows are this rank's queries in local order, columns every key in global order.
+    load-balanced chunks (`load_balanced_positions`). Sliding-window layers exchange only the
+    W-1 keys before each chunk (`parallel.halo`); global layers, and windows longer than a
+    chunk, all-gather K and V into global order (warned once: the halo would span several
+    ranks' chunks). Masks compare global positions.
     """
+
+    blockwise = True  # False: the dense reference path (bench/attention_memory.py compares)
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type,
                  attention_type: str = "self", attention_dropout: float | None = None,
@@ -86,38 +101,68 @@ class LocalCoreAttention(MegatronModule):
             raise ValueError(f"local attention implements cp_comm_type='all_gather' only, "
                              f"not {cp_comm_type!r}")
 
-    def _positions(self, sq: int, sk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global positions of the query rows and key columns."""
+    def _cp_keys(self, key, value) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K/V this rank attends to under CP and their global positions: halo or all-gather."""
+        group, local_len = self.cp_group, key.shape[0]
+        halo = self.window_left
+        if halo is not None and halo_fits(local_len, halo):
+            kv, k_pos = exchange_halo(torch.cat([key, value], dim=-1), halo, group)
+            k, v = kv.split([key.shape[-1], value.shape[-1]], dim=-1)
+            return k, v, k_pos
+        if halo is not None and halo > 0:
+            _warn_halo_fallback(halo, local_len // 2)
+        k, v = gather_sequence(key, group), gather_sequence(value, group)
+        return k, v, torch.arange(k.shape[0], device=key.device)
+
+    def _keys_and_visibility(self, query, key, value, attention_mask):
         group = self.cp_group
         if group is not None and group.size() > 1:
-            q_pos = load_balanced_positions(sk, group.size(), group.rank()).to(device)
+            key, value, k_pos = self._cp_keys(key, value)
+            seq_len = query.shape[0] * group.size()
+            q_pos = load_balanced_positions(seq_len, group.size(), group.rank()).to(query.device)
         else:
-            q_pos = torch.arange(sq, device=device) + (sk - sq)
-        return q_pos, torch.arange(sk, device=device)
+            k_pos = torch.arange(key.shape[0], device=query.device)
+            q_pos = k_pos[key.shape[0] - query.shape[0]:]
+        vis = Visibility(q_pos, k_pos, self.window_left)
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # legacy mask: keys in global order; pick the columns of the keys held here
+            vis.masked = attention_mask if attention_mask.shape[-1] == k_pos.numel() else \
+                attention_mask.index_select(-1, k_pos)
+        elif attention_mask is not None:  # document ids of every position, global order
+            vis.q_doc, vis.k_doc = attention_mask[:, q_pos], attention_mask[:, k_pos]
+        return key, value, vis
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if packed_seq_params is not None:
             raise NotImplementedError("packed (THD) sequences need the Transformer Engine path")
-        if self.cp_group is not None and self.cp_group.size() > 1:
-            key, value = gather_sequence(key, self.cp_group), gather_sequence(value, self.cp_group)
-        # [s, b, heads, d] -> [b, heads, s, d]
+        key, value, vis = self._keys_and_visibility(query, key, value, attention_mask)
+        # [s, b, heads, d] -> [b, kv_heads, rep, s, d] (query heads of a KV group are adjacent)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        if q.shape[1] != k.shape[1]:
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        i, j = self._positions(q.shape[2], k.shape[2], q.device)
-        i, j = i.unsqueeze(1), j.unsqueeze(0)
-        allowed = j <= i
-        if self.window_left is not None:
-            allowed = allowed & (j >= i - self.window_left)
-        if attention_mask is not None:
-            allowed = allowed & ~attention_mask.bool()
+        b, heads, s, d = q.shape
+        q = q.reshape(b, k.shape[1], heads // k.shape[1], s, d)
+        if self.blockwise and not (self.training and self.dropout_p > 0):
+            context = blockwise_attention(q, k, v, vis, self.softmax_scale)
+        else:
+            context = self._dense(q, k, v, vis)
+        return context.reshape(b, heads, s, d).permute(2, 0, 1, 3).reshape(s, b, heads * d)
+
+    def _dense(self, q, k, v, vis: Visibility) -> torch.Tensor:
+        """The full [s_q, s_k] softmax (reference path; the one with attention dropout)."""
+        allowed = vis.allowed(slice(None), slice(None))
+        if allowed is None:
+            allowed = torch.zeros(1, 1, 1, q.shape[-2], k.shape[-2], dtype=torch.bool)
+        k, v = k.unsqueeze(2), v.unsqueeze(2)
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.softmax_scale
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         if self.training and self.dropout_p > 0:
             probs = torch.nn.functional.dropout(probs, p=self.dropout_p)
-        context = torch.matmul(probs, v)  # [b, heads, sq, d]
-        b, h, s, d = context.shape
-        return context.permute(2, 0, 1, 3).reshape(s, b, h * d)
+        return torch.matmul(probs, v)  # [b, kv_heads, rep, sq, d]
+
+
+@functools.cache
+def _warn_halo_fallback(halo: int, chunk: int) -> None:
+    warnings.warn(f"sliding window needs {halo} keys before each CP chunk but a chunk holds "
+                  f"{chunk} tokens: this layer all-gathers K/V instead of a halo exchange "
+                  f"(use a smaller parallel.cp or a longer sequence)", stacklevel=3)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
+from exaone_train.parallel.halo import BYTES_SENT
+
 
 def load_balanced_positions(seq_len: int, cp_size: int, cp_rank: int) -> torch.Tensor:
     """Global positions held by CP rank `cp_rank`, in local order (chunks r, 2*cp-1-r)."""
@@ -53,6 +55,9 @@ def gather_sequence(t_S: torch.Tensor, group) -> torch.Tensor:
     cp_size = group.size()
     if cp_size == 1:
         return t_S
+    # a ring all-gather sends (cp-1) local parts; its backward reduce-scatter as many again
+    BYTES_SENT["all_gather"] += ((2 if t_S.requires_grad else 1) * (cp_size - 1)
+                                 * t_S.numel() * t_S.element_size())
     gathered = gather_from_sequence_parallel_region(t_S, tensor_parallel_output_grad=True,
                                                     group=group)
     return gathered.index_select(0, _global_order(t_S.shape[0], cp_size, t_S.device))

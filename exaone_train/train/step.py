@@ -26,14 +26,15 @@ class Batch:
     """One micro-batch, [batch, seq] tensors (megatron's GPTModel transposes internally).
 
     Under context parallelism the tensors hold this CP rank's load-balanced part of the
-    sequence (`exaone_train.parallel.context`), and `attention_mask` is [b, 1, s_local, s]:
-    this rank's queries against every key in global order."""
+    sequence (`exaone_train.parallel.context`), except `attention_mask`: the document ids of
+    every position in global order, [b, s], from which the attention builds its masks tile by
+    tile (no [s/cp, s] mask is ever built)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None  # [b, 1, s_q, s] bool, True = masked (other document)
+    attention_mask: torch.Tensor | None  # [b, s] int32 document ids, global order (all ranks)
 
     def to(self, device: torch.device) -> Batch:
         """The same micro-batch on `device` (megatron-LM's get_batch moves each one to the GPU
@@ -58,11 +59,9 @@ def collate(samples: Sequence[Any], document_mask: bool, cp_size: int = 1,
     def local(t: torch.Tensor) -> torch.Tensor:
         return slice_for_cp_rank(t.contiguous(), 1, cp_size, cp_rank)
 
-    mask = None
-    if document_mask:  # local query rows x all key columns, never the full s x s under CP
-        mask = (local(docs).unsqueeze(2) != docs.unsqueeze(1)).unsqueeze(1)
+    doc_ids = docs.to(torch.int32).contiguous() if document_mask else None
     return Batch(input_ids=local(tokens[:, :-1]), labels=local(tokens[:, 1:]),
-                 loss_mask=local(loss_mask), position_ids=local(pos), attention_mask=mask)
+                 loss_mask=local(loss_mask), position_ids=local(pos), attention_mask=doc_ids)
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
