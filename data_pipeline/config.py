@@ -95,6 +95,9 @@ class StageDataConfig:
     blend_window_samples: int = 1000
     shuffle: bool = True
     pack_open_bins: int = 64  # first-fit packing keeps this many partly filled samples open
+    # Packed-sample index cache: None = `index-cache/` next to each component's first shard,
+    # a path = there, "" = none (built in memory at every start).
+    index_cache_dir: str | None = None
 
 
 @dataclass

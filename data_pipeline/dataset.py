@@ -2,7 +2,9 @@
 
 sample(i) = component c and its local sample j from the blend schedule (seed, stage, i);
 j -> epoch e = j // N_c and packed sample perm_{c,e}[j % N_c]; the packed sample's pieces are
-read from the shards with megatron-core's `IndexedDataset`. Nothing depends on the number of
+read from the shards with megatron-core's `IndexedDataset`. Packed samples and epoch
+permutations are built once per (stage, component, seed, shards, packing settings) and cached
+next to the shards (`index_cache`): every later start, and every rank, maps them. Nothing depends on the number of
 data-parallel ranks, so any layout reads the same global sequence. The only state is the
 number of samples consumed.
 """
@@ -21,12 +23,16 @@ import numpy as np
 from data_pipeline.blend import BlendSchedule
 from data_pipeline.build import read_manifest
 from data_pipeline.config import BlendComponent, StageDataConfig, resolve_path, validate_stage
+from data_pipeline.index_cache import load_or_build
 from data_pipeline.packing import DocumentTable, PackedIndex, pack
 from data_pipeline.shards import open_shard
 from data_pipeline.synth.rng import derive_seed
 from exaone_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+INDEX_FORMAT = "exaone-train-packed-index/1"
+PACKED_ARRAYS = ("shard", "doc", "start", "length", "sample_ptr")
+PACKED_COUNTS = ("routed_documents", "split_documents", "padding_tokens")
 
 
 @dataclass
@@ -73,23 +79,31 @@ def resolve_shards(comp: BlendComponent, where: str) -> list[Path]:
     return shards
 
 
+def _cache_dir(cfg: StageDataConfig, first_shard: Path) -> Path | None:
+    """Where a component's indices are cached: `index_cache_dir`, else next to its shards."""
+    if cfg.index_cache_dir == "":
+        return None
+    return resolve_path(cfg.index_cache_dir) if cfg.index_cache_dir else first_shard.parent / "index-cache"
+
+
+def _lengths_hash(shard) -> str:
+    """Hash of a shard's document lengths: all that packing reads from it."""
+    return hashlib.blake2b(np.ascontiguousarray(shard.sequence_lengths).data, digest_size=16).hexdigest()
+
+
 class _Component:
-    """One blend component: its shards and packed samples."""
+    """One blend component: its shards and packed samples (cached next to the shards)."""
 
     def __init__(self, comp: BlendComponent, cfg: StageDataConfig, seed: int, where: str) -> None:
         self.name, self.seed, self.stage = comp.name, seed, cfg.name
         self.prefixes = resolve_shards(comp, where)
         self.shards = [open_shard(p) for p in self.prefixes]
-        table = DocumentTable(
-            shard=np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(self.shards)]),
-            doc=np.concatenate([np.arange(len(s), dtype=np.int64) for s in self.shards]),
-            length=np.concatenate([np.asarray(s.sequence_lengths, np.int64) for s in self.shards]),
-            shard_names=tuple(map(str, self.prefixes)))
-        order = np.arange(len(table.doc))
-        if cfg.shuffle:
-            order = np.random.default_rng(derive_seed(seed, cfg.name, comp.name, "docs")).permutation(order)
-        self.index: PackedIndex = pack(table, order, cfg.seq_length, cfg.long_doc_policy,
-                                       cfg.pack_open_bins, f"{where} '{comp.name}'")
+        self.cache_dir = _cache_dir(cfg, self.prefixes[0])
+        self._inputs = {"format": INDEX_FORMAT, "stage": cfg.name, "component": comp.name,
+                        "seed": int(seed), "shuffle": cfg.shuffle, "shards": [
+                            {"name": p.name, "documents": len(s), "lengths": _lengths_hash(s)}
+                            for p, s in zip(self.prefixes, self.shards, strict=True)]}
+        self.index = self._packed_index(cfg, f"{where} '{comp.name}'")
         if self.index.num_samples == 0:
             raise DataError(f"blend component {comp.name!r} ({comp.prefix}) has no document "
                             f"that fits stage {cfg.name!r} (seq_length={cfg.seq_length})")
@@ -97,13 +111,43 @@ class _Component:
         self._perm = lru_cache(maxsize=4)(self._epoch_permutation)
         self._reported_epoch = 0
 
+    def _table(self) -> DocumentTable:
+        return DocumentTable(
+            shard=np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(self.shards)]),
+            doc=np.concatenate([np.arange(len(s), dtype=np.int64) for s in self.shards]),
+            length=np.concatenate([np.asarray(s.sequence_lengths, np.int64) for s in self.shards]),
+            shard_names=tuple(map(str, self.prefixes)))
+
+    def _packed_index(self, cfg: StageDataConfig, where: str) -> PackedIndex:
+        def build() -> tuple[dict, dict]:
+            table = self._table()
+            order = np.arange(len(table.doc))
+            if cfg.shuffle:
+                order = np.random.default_rng(derive_seed(self.seed, cfg.name, self.name,
+                                                          "docs")).permutation(order)
+            ix = pack(table, order, cfg.seq_length, cfg.long_doc_policy, cfg.pack_open_bins, where)
+            return ({f: getattr(ix, f) for f in PACKED_ARRAYS},
+                    {f: getattr(ix, f) for f in PACKED_COUNTS})
+
+        inputs = {**self._inputs, "seq_length": cfg.seq_length, "policy": cfg.long_doc_policy,
+                  "open_bins": cfg.pack_open_bins}
+        arrays, info = load_or_build(self.cache_dir, self._entry("packed"), inputs, build)
+        return PackedIndex(**arrays, **{f: int(info[f]) for f in PACKED_COUNTS})
+
+    def _entry(self, what: str) -> str:
+        return f"{self.stage}.{self.name}.seed{self.seed}.{what}"
+
     @property
     def num_samples(self) -> int:
         return self.index.num_samples
 
     def _epoch_permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng(derive_seed(self.seed, self.stage, self.name, "epoch", epoch))
-        return rng.permutation(self.num_samples)
+        def build() -> tuple[dict, dict]:
+            rng = np.random.default_rng(derive_seed(self.seed, self.stage, self.name, "epoch", epoch))
+            return {"perm": rng.permutation(self.num_samples)}, {}
+
+        inputs = {**self._inputs, "epoch": epoch, "num_samples": self.num_samples}
+        return load_or_build(self.cache_dir, self._entry(f"epoch{epoch}"), inputs, build)[0]["perm"]
 
     def packed_sample(self, local: int) -> int:
         """Packed sample read for component-local index `local` (epochs reshuffle)."""

@@ -45,6 +45,43 @@ class DocumentTable:
     shard_names: tuple[str, ...]
 
 
+def pack(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
+         open_bins: int = 64, where: str = "stage") -> PackedIndex:
+    """First-fit packing of `table`'s documents, taken in `order`, into samples (compiled:
+    `_pack.c`; the same samples as `pack_reference`, the algorithm's plain statement)."""
+    from data_pipeline.native import library
+
+    capacity, split = seq_length + 1, policy == "split"
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    n = np.ascontiguousarray(table.length, dtype=np.int64)[order]
+    long = np.flatnonzero(n > capacity)
+    if policy == "error" and len(long):
+        _too_long(table, int(order[long[0]]), capacity, where)
+    extra = int((-(-n[long] // capacity) - 1).sum()) if split else -len(long)
+    n_pieces = len(n) + extra
+    rows, start = np.empty(n_pieces, np.int64), np.empty(n_pieces, np.int64)
+    length, ptr = np.empty(n_pieces, np.int32), np.empty(n_pieces + 1, np.int64)
+    scratch = np.empty((2, max(n_pieces, 1)), np.int64)
+    num_samples = library().exaone_pack(n, order, len(n), capacity, int(split), int(open_bins),
+                                        scratch[0], scratch[1], rows, start, length, ptr)
+    if num_samples < 0:
+        raise MemoryError(f"packing {n_pieces} pieces ({where}): out of memory")
+    del scratch, n
+    shard = np.ascontiguousarray(table.shard, dtype=np.int32)[rows]
+    doc = np.asarray(table.doc, dtype=np.int64)[rows]
+    del rows
+    return PackedIndex(shard, doc, start, length, ptr[:num_samples + 1].copy(),
+                       len(long) if policy == "route" else 0, len(long) if split else 0,
+                       num_samples * capacity - int(length.sum(dtype=np.int64)))
+
+
+def _too_long(table: DocumentTable, i: int, capacity: int, where: str) -> None:
+    s, d, n = int(table.shard[i]), int(table.doc[i]), int(table.length[i])
+    raise DataError(f"{table.shard_names[s]}.bin: document {d} has {n} tokens, more than "
+                    f"seq_length + 1 = {capacity} ({where}, long_doc_policy=error; use "
+                    "split or route, or a stage with a longer seq_length)")
+
+
 def _pieces(table: DocumentTable, order: np.ndarray, capacity: int, policy: str, where: str):
     """(shard, doc, start, length) pieces in packing order, plus routed / split counts."""
     routed = split = 0
@@ -54,9 +91,7 @@ def _pieces(table: DocumentTable, order: np.ndarray, capacity: int, policy: str,
         if n <= capacity:
             out.append((s, d, 0, n))
         elif policy == "error":
-            raise DataError(f"{table.shard_names[s]}.bin: document {d} has {n} tokens, more than "
-                            f"seq_length + 1 = {capacity} ({where}, long_doc_policy=error; use "
-                            "split or route, or a stage with a longer seq_length)")
+            _too_long(table, i, capacity, where)
         elif policy == "route":
             routed += 1
         else:
@@ -65,9 +100,10 @@ def _pieces(table: DocumentTable, order: np.ndarray, capacity: int, policy: str,
     return out, routed, split
 
 
-def pack(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
+def pack_reference(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
          open_bins: int = 64, where: str = "stage") -> PackedIndex:
-    """First-fit packing of `table`'s documents, taken in `order`, into samples."""
+    """The packing algorithm in plain Python (one piece at a time): the statement `pack`'s
+    compiled helper is tested against."""
     capacity = seq_length + 1
     pieces, routed, split = _pieces(table, order, capacity, policy, where)
     remaining = np.full(open_bins, -1, dtype=np.int64)  # -1: slot unused
