@@ -13,6 +13,7 @@ from pathlib import Path
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from exaone_train import console
 from exaone_train.config.schema import RecipeConfig
 
 _PACKAGES = ("torch", "megatron-core", "transformers", "datasets", "tokenizers", "hydra-core",
@@ -51,4 +52,5 @@ def prepare_run_dir(cfg: RecipeConfig) -> Path:
         (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
     if dist.is_initialized():
         dist.barrier()
+    console.attach_run_log(run_dir, f"rank{dist.get_rank() if dist.is_initialized() else 0}")
     return run_dir
