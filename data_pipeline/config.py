@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING
 
 from exaone_train.errors import ConfigError
 
-SOURCE_FORMATS = ("jsonl", "parquet", "text", "hf_disk", "hf_json", "hf_parquet", "hf_text")
+SOURCE_FORMATS = ("jsonl", "parquet", "text", "hf_disk", "hf_json", "hf_parquet", "hf_text",
+                  "synth")
 LONG_DOC_POLICIES = ("error", "split", "route")
 
 
@@ -26,7 +28,9 @@ class SourceConfig:
     """One input source: a file, a directory or a glob of files of one format.
 
     format: jsonl | parquet | text (one document per file) | hf_disk (`datasets.load_from_disk`)
-    | hf_json / hf_parquet / hf_text (`datasets.load_dataset(<builder>, data_files=path)`).
+    | hf_json / hf_parquet / hf_text (`datasets.load_dataset(<builder>, data_files=path)`)
+    | synth (documents generated at build time: `path` names a generator of
+    `data_pipeline.synth.GENERATORS`, `synth` holds its arguments; see data_pipeline/synth).
     language: the source's language; `language_field` (a record field) wins per record.
     """
 
@@ -37,6 +41,7 @@ class SourceConfig:
     language: str | None = None
     language_field: str | None = None
     split: str = "train"  # for hf_* formats
+    synth: dict[str, Any] = field(default_factory=dict)  # a synth generator's arguments
 
 
 @dataclass

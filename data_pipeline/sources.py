@@ -54,10 +54,16 @@ def source_files(src: SourceConfig) -> list[Path]:
 
 
 def source_hash(src: SourceConfig) -> str:
-    """sha256 over the names and contents of a source's files."""
+    """sha256 over the names and contents of a source's files (of a synth source: over its
+    generator's code and arguments)."""
     import hashlib
 
     h = hashlib.sha256()
+    if src.format == "synth":
+        from data_pipeline.synth import synth_fingerprint
+
+        h.update(synth_fingerprint(src.path, dict(src.synth)).encode())
+        return h.hexdigest()
     root = resolve_path(src.path)
     for f in source_files(src):
         rel = f.relative_to(root) if root.is_dir() else Path(f.name)
@@ -150,6 +156,13 @@ def iter_records(src: SourceConfig) -> Iterator[Record | BadRecord]:
     """Every document of a source, in a fixed order (files sorted, then line order)."""
     if src.format.startswith("hf_"):
         yield from _hf(src)
+        return
+    if src.format == "synth":
+        from data_pipeline.synth import synth_records
+
+        for i, rec in enumerate(synth_records(src.path, dict(src.synth)), start=1):
+            yield _check(rec.get(src.text_field), rec.get(src.language_field or "lang"), src,
+                         f"synth:{src.path}", i)
         return
     reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}[src.format]
     for path in source_files(src):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from exaone_train import console
 from exaone_train.errors import ExaoneTrainError
 from launcher.args import resolve_recipe
 
@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     overrides = list(getattr(args, "overrides", []) or []) + unknown
+    console.setup(verbose=console.verbose_requested(overrides))
     bad = [o for o in overrides if "=" not in o]
     if bad:
         parser.error(f"unrecognised arguments (not Hydra overrides key=value): {' '.join(bad)}")

@@ -59,26 +59,50 @@ def _gated(record: Path, stage: str) -> bool:
     return any(s["stage"] == stage and s["attempts"] for s in stages)
 
 
+def _niah_cell(stage: dict) -> str:
+    """NIAH exact match of every attempt of a stage, e.g. "0.40 -> 0.95" (or "-")."""
+    accs = [a["gate"]["niah"]["mean_accuracy"] for a in stage["attempts"]
+            if a.get("gate", {}).get("niah")]
+    return " -> ".join(f"{x:.2f}" for x in accs) or "-"
+
+
+def _gate_cell(stage: dict) -> str:
+    last = stage["attempts"][-1] if stage["attempts"] else {}
+    gate = last.get("gate", {})
+    if gate.get("passed"):
+        retries = stage["retries"]
+        return "passed" + (f" after {retries} retr{'y' if retries == 1 else 'ies'}"
+                           if retries else "")
+    return "; ".join(gate.get("reasons", [])) or "-"
+
+
 def _summary(run_dir: str) -> None:
+    """The table of the run: per stage steps, tokens, retries, short-context loss, NIAH, gate."""
     rec = json.loads((Path(run_dir) / "curriculum.json").read_text())
-    print(f"   initial short-context loss {rec['initial_short_loss']:.3f}; status {rec['status']}")
-    print(f"   {'stage':<12}{'steps':>6}{'tokens':>9}{'retries':>8}{'short loss':>12}  gate")
+    print(f"== summary: curriculum {rec['status']}; initial short-context loss "
+          f"{rec['initial_short_loss']:.3f}")
+    print(f"   {'stage':<12}{'steps':>6}{'tokens':>9}{'retries':>8}{'short loss':>11}  "
+          f"{'NIAH exact match':<18}gate")
     for s in rec["stages"]:
         last = s["attempts"][-1] if s["attempts"] else {}
         loss = last.get("short_loss")
-        gate = ("passed" if last.get("gate", {}).get("passed") else
-                "; ".join(last.get("gate", {}).get("reasons", [])) or "-")
         print(f"   {s['stage']:<12}{s['steps']:>6}{s['tokens']:>9}{s['retries']:>8}"
-              f"{'' if loss is None else f'{loss:.3f}':>12}  {gate}")
-        niah = last.get("gate", {}).get("niah")
-        if niah:
-            print(f"   {'':<12}NIAH exact match {niah['mean_accuracy']:.2f} (worst cell "
-                  f"{niah['min_cell_accuracy']:.2f}): {run_dir}/{niah['report']} and .png")
+              f"{'' if loss is None else f'{loss:.3f}':>11}  {_niah_cell(s):<18}{_gate_cell(s)}")
+    reports = sorted(p.name for p in (Path(run_dir) / "niah").glob("*.json"))
+    if reports:
+        print(f"   NIAH reports and heatmaps: {run_dir}/niah/ ({', '.join(reports)} + .png)")
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows}  # a step logged twice: the resumed run's
     first, last = [losses[k] for k in sorted(losses)[:5]], [losses[k] for k in sorted(losses)[-5:]]
     print(f"   training loss {sum(first) / 5:.3f} (first 5 steps) -> {sum(last) / 5:.3f} "
-          f"(last 5, at 4096 tokens)")
+          f"(last 5)")
+
+
+def _run_report(run_dir: str) -> Path:
+    """`exaone-train report RUN_DIR`: plots and a Markdown summary of the run."""
+    from launcher.report import write_report
+
+    return write_report(Path(run_dir))
 
 
 def _long_document(cfg) -> tuple:
@@ -103,9 +127,12 @@ def _hf_loss(hf_dir: str, tokens) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
 
     from data_pipeline.build import build
+    from exaone_train import console
     from exaone_train.config.load import load_recipe
     from exaone_train.curriculum.plan import format_curriculum, plan_curriculum
     from exaone_train.export.convert import convert_to_hf
@@ -116,10 +143,16 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     run_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_recipe(args.recipe, [f"run.dir={run_dir}", *args.overrides])
+    console.attach_run_log(run_dir, "demo")
     print("== 1/6 data: building the shipped corpus shards")
-    build(cfg.data.build)
+    build(dataclasses.replace(cfg.data.build, progress=False))
     print("== 2/6 model")
-    print(json.dumps(model_info(cfg.model, seq_len_tokens=cfg.train.seq_length_tokens), indent=2))
+    info = model_info(cfg.model, seq_len_tokens=cfg.train.seq_length_tokens)
+    print(f"   {info['name']} ({info['family']}): {cfg.model.num_layers} layers "
+          f"{cfg.model.attention_pattern} (window {cfg.model.sliding_window_tokens}), hidden "
+          f"{cfg.model.hidden_size}, {cfg.model.num_experts} experts + shared, MTP "
+          f"{cfg.model.mtp_num_layers}; {info['total_params_with_mtp']:,} parameters "
+          f"({info['active_params_per_token']:,} active per token)")
     print("== 3/6 the curriculum")
     print(format_curriculum(plan_curriculum(cfg)))
     print(f"== 4/6 exaone-train curriculum --recipe {args.recipe} run.dir={run_dir} (preempted after "
@@ -131,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
     if code != 0:
         print(f"demo: the curriculum exited with status {code}; see {run_dir}/curriculum.json")
         return code
-    _summary(run_dir)
     print("== 6/6 export to Hugging Face and score a whole long document with transformers")
     ckpts = Path(run_dir) / "checkpoints"
     ckpt = str(ckpts / (ckpts / "latest").read_text().strip())
@@ -143,9 +175,8 @@ def run(args: argparse.Namespace) -> int:
     theirs = _hf_loss(str(hf_dir), tokens)
     print(f"   {tokens.shape[1]}-token document loss: ours {ours:.5f}, transformers "
           f"ExaoneMoeForCausalLM {theirs:.5f} (|diff| {abs(ours - theirs):.2e})")
+    _summary(run_dir)
     print(f"demo done in {time.monotonic() - t0:.0f} s: run directory {run_dir} "
-          "(curriculum.json, metrics.jsonl, checkpoints/, hf/)")
-    from launcher.report import write_report
-
-    print(f"   report (plots, summary): {write_report(Path(run_dir))}")
+          "(curriculum.json, metrics.jsonl, niah/, logs/, checkpoints/, hf/)")
+    print(f"   run report (plots, summary): {_run_report(run_dir)}")
     return 0

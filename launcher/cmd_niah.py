@@ -72,14 +72,12 @@ def run(args: argparse.Namespace) -> int:
 
 def format_grid(report, source: str, path: Path) -> str:
     """The accuracy grid as a table: one row per length, one column per depth."""
-    d = report.to_dict()
-    head = "length  " + " ".join(f"{x:>6.0%}" for x in d["depths"])
-    rows = [f"{n:>6}  " + " ".join(f"{a:>6.2f}" for a in accs)
-            for n, accs in zip(d["lengths"], d["accuracy"], strict=True)]
+    from exaone_train.eval.niah import grid_lines
+
+    cfg = report.config
     verdict = "PASS" if report.passed else "FAIL"
-    cfg = d["config"]
     summary = (f"NIAH {report.name} on {source}: mean {report.mean_accuracy:.3f} "
                f"(>= {cfg['pass_accuracy']}), min cell {report.min_cell_accuracy:.3f} "
                f"(>= {cfg['min_cell_accuracy']}): {verdict}; answer tokens right "
                f"(teacher-forced) {report.token_accuracy:.3f}")
-    return "\n".join([head, *rows, summary, f"report: {path}"])
+    return "\n".join([*grid_lines(report), summary, f"report: {path}"])

@@ -4,6 +4,11 @@
 six language files of compositional text, thinking-augmented reasoning, long documents with
 long-range references, and key/value retrieval samples. The committed files are the output
 of `generate_corpus("data/corpus", 1234)`.
+
+`GENERATORS` are the data that is generated at build time instead (a source with
+`format: synth`, `path: <generator>`, `synth: {arguments}`): too large to ship, cheap to
+generate, deterministic in its arguments (e.g. the dense retrieval practice of the
+context-extension stages, `retrieval.generate_dense`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ class CorpusSizes:
     long_doc_max_bytes: int = 16_000
     retrieval_samples: int = 300
     retrieval_max_pairs: int = 200
+
+
+GENERATORS = {"dense_retrieval": retrieval.generate_dense}
+
+
+def synth_records(name: str, args: dict) -> list[dict]:
+    """The records of generator `name` called with `args` (lists become tuples)."""
+    from exaone_train.errors import ConfigError
+
+    if name not in GENERATORS:
+        raise ConfigError("build.sources.path", name, f"a synth source names one of {sorted(GENERATORS)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    try:
+        return GENERATORS[name](**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"build.sources.synth ({name})", args, str(e)) from None
+
+
+def synth_fingerprint(name: str, args: dict) -> str:
+    """What a synth source's shards depend on: the generator's module sources and arguments."""
+    import inspect
+
+    mods = [inspect.getsource(m) for m in (retrieval, multilingual, lexicon)]
+    blob = json.dumps([name, args, mods], sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def corpus_records(seed: int = DEFAULT_SEED, sizes: CorpusSizes | None = None) -> dict[str, list[dict]]:

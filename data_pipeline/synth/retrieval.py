@@ -46,3 +46,76 @@ def generate(seed: int, count: int, max_pairs: int) -> list[dict]:
         n = int(round(4 * (max_pairs / 4) ** rng.random()))
         out.append({"id": f"retrieval-{i:06d}", **sample(rng, n, L.LANGUAGES[i % 6])})
     return out
+
+
+# ---- dense retrieval practice (generated at data build time: `format: synth`) -------------
+# The context-extension stages' synthetic component, as K-EXAONE's: natural haystack text with
+# many key/value needles at sentence boundaries at every depth, then several questions, each
+# answered right after it, at the end. Keys and values come from the "dense_retrieval" stream
+# of the build's seed (NIAH draws its own from "niah": tests check the two never meet). Most
+# samples use NIAH's phrasing, the rest other phrasings, so the skill is retrieval, not one
+# sentence.
+DENSE_PHRASINGS = (
+    (0.6, "The special magic number for {k} is {v}.",
+     "\nQuestion: What is the special magic number for {k}?\nAnswer: {v}"),
+    (0.2, "The value for key {k} is {v}.", "\nQuestion: What is the value for key {k}?\nAnswer: {v}"),
+    (0.2, "Remember: the code of {k} is {v}.", "\nQuestion: What is the code of {k}?\nAnswer: {v}"),
+)
+
+
+def _haystack(rng: random.Random, lang: str, tokenizer, num_tokens: int) -> list[tuple[str, int]]:
+    """Sentences of fresh compositional text in `lang` (with their token counts) until
+    `num_tokens` tokens."""
+    from data_pipeline.synth import multilingual
+    from data_pipeline.tokenizer import sentence_chunks
+
+    out: list[tuple[str, int]] = []
+    total = 0
+    while total < num_tokens:
+        chunks = [c.strip() for c in sentence_chunks(multilingual.document(lang, rng)) if c.strip()]
+        for c, enc in zip(chunks, tokenizer.encode_batch([" " + c for c in chunks],
+                                                         add_special_tokens=False), strict=True):
+            if total >= num_tokens:
+                break
+            out.append((c, len(enc.ids)))
+            total += len(enc.ids)
+    return out
+
+
+def dense_sample(rng: random.Random, tokenizer, num_tokens: int, lang: str, num_pairs: int,
+                 num_questions: int) -> dict:
+    """About `num_tokens` tokens: `num_pairs` needles in `lang` haystack text at random sentence
+    boundaries, then `num_questions` of their keys asked (random order) and answered."""
+    keys: dict[str, str] = {}
+    while len(keys) < num_pairs:
+        keys.setdefault(_key(rng), str(rng.randint(10_000, 99_999)))
+    _, needle, question = rng.choices(DENSE_PHRASINGS, weights=[p[0] for p in DENSE_PHRASINGS])[0]
+    needles = [needle.format(k=k, v=v) for k, v in keys.items()]
+    asked = rng.sample(list(keys.items()), num_questions)
+    qa = "".join(question.format(k=k, v=v) for k, v in asked)
+    used = sum(len(e.ids) for e in tokenizer.encode_batch([" " + n for n in needles] + [qa],
+                                                           add_special_tokens=False))
+    hay = [s for s, _ in _haystack(rng, lang, tokenizer, max(num_tokens - used, 1))]
+    slots = sorted(rng.randrange(len(hay) + 1) for _ in needles)
+    for offset, (slot, text) in enumerate(zip(slots, needles, strict=True)):
+        hay.insert(slot + offset, text)
+    return {"lang": lang, "num_pairs": num_pairs, "keys": [k for k, _ in asked],
+            "values": [v for _, v in asked], "text": " ".join(hay) + qa}
+
+
+def generate_dense(seed: int, count: int, num_tokens: int, pairs: tuple[int, int],
+                   questions: tuple[int, int], tokenizer_path: str) -> list[dict]:
+    """`count` dense samples of about `num_tokens` tokens, pairs and questions uniform in the
+    given inclusive ranges (questions capped by pairs); haystack languages in turn."""
+    from data_pipeline.config import resolve_path
+    from data_pipeline.tokenizer import load
+
+    tokenizer = load(resolve_path(tokenizer_path))
+    rng = sub_rng(seed, "dense_retrieval", num_tokens)
+    out = []
+    for i in range(count):
+        n = rng.randint(*pairs)
+        q = min(n, rng.randint(*questions))
+        out.append({"id": f"dense-{num_tokens}-{i:06d}",
+                    **dense_sample(rng, tokenizer, num_tokens, L.LANGUAGES[i % 6], n, q)})
+    return out

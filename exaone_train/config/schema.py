@@ -155,6 +155,9 @@ class LoggingConfig:
     wandb_project: str = "exaone-train"
     wandb_entity: str | None = None
     gpu_type: str | None = None  # for MFU; None = detect (CPU: no MFU)
+    # true: every library's INFO and warnings on the console too (default: our own lines on
+    # the console, everything in <run.dir>/logs/; exaone_train/console.py)
+    verbose: bool = False
 
 
 @dataclass

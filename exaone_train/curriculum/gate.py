@@ -47,12 +47,35 @@ def evaluate(trainer: Any, gate: GateConfig, stage: str, attempt: int, short_los
         report = run_niah(trainer, gate.niah, run_dir, name)
         niah = {"passed": bool(report.passed), "mean_accuracy": float(report.mean_accuracy),
                 "min_cell_accuracy": float(report.min_cell_accuracy),
+                "token_accuracy": float(report.token_accuracy),
                 "report": f"niah/{name}.json"}
+        _log_niah(report, gate.niah, run_dir / "niah" / f"{name}.png")
         if not report.passed:
             reasons.append(f"NIAH mean accuracy {report.mean_accuracy:.3f} (needs >= "
                            f"{gate.niah.pass_accuracy}), worst cell {report.min_cell_accuracy:.3f}"
                            f" (needs >= {gate.niah.min_cell_accuracy})")
     return {"passed": not reasons, "reasons": reasons, "niah": niah}
+
+
+def _log_niah(report: Any, cfg: Any, png: Path) -> None:
+    """The grid (coloured on a terminal), the verdict in green PASS / red FAIL, the heatmap."""
+    import sys
+
+    import torch.distributed as dist
+
+    from exaone_train.eval.niah import grid_lines
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    tty = sys.stderr.isatty()
+    verdict = "PASS" if report.passed else "FAIL"
+    if tty:
+        verdict = f"\033[1;{32 if report.passed else 31}m{verdict}\033[0m"
+    log.info("NIAH %s: exact match %.2f (needs >= %.2f), worst cell %.2f (needs >= %.2f): %s; "
+             "heatmap %s", report.name, report.mean_accuracy, cfg.pass_accuracy,
+             report.min_cell_accuracy, cfg.min_cell_accuracy, verdict, png)
+    for line in grid_lines(report, color=tty):
+        log.info("   %s", line)
 
 
 def decide(passed: bool, gate: GateConfig, attempt: int) -> str:

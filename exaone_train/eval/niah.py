@@ -306,14 +306,16 @@ def run_niah(trainer: Any, cfg: NiahConfig, out_dir: Path, name: str,
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     correct: dict[tuple[int, float], list[bool]] = {}
     rows: list[dict] = []
-    for length in _progress(cfg.lengths, rank0, name):
+    per_length = len(cfg.depths) * cfg.samples_per_cell
+    bar = _progress(len(cfg.lengths) * per_length, rank0, name)
+    for length in cfg.lengths:
         samples = make_samples(cfg, stacks, tokenizer, length, where)
-        ok, preds = score_samples(trainer.model, samples, recipe.model.vocab_size, micro)
+        ok, preds = _score_in_chunks(trainer.model, samples, recipe.model.vocab_size, micro, bar)
         for s, hit, pred in zip(samples, ok, preds.tolist(), strict=True):
             correct.setdefault((length, s.depth), []).append(hit)
             rows.append(_sample_row(s, hit, [t for t in pred if t >= 0], tokenizer))
-        if rank0:
-            log.info("NIAH %s length %d: %.3f", name, length, sum(ok) / len(ok))
+        bar.set_postfix_str(f"{length}: {sum(ok) / len(ok):.2f}")
+    bar.close()
     report = _report(cfg, name, correct, rows)
     if rank0:
         write_report(report, Path(out_dir))
@@ -322,10 +324,31 @@ def run_niah(trainer: Any, cfg: NiahConfig, out_dir: Path, name: str,
     return report
 
 
-def _progress(lengths: list[int], show: bool, name: str):
+def _progress(total: int, show: bool, name: str):
     from tqdm import tqdm
 
-    return tqdm(lengths, desc=f"NIAH {name}", unit="length", disable=not show)
+    return tqdm(total=total, desc=f"NIAH {name}", unit="sample", disable=not show)
+
+
+def _score_in_chunks(chunks: list, samples: list[NiahSample], vocab_size: int, micro: int,
+                     bar) -> tuple[list[bool], torch.Tensor]:
+    """score_samples over slices of one forward-only schedule's worth (micro x DP [x PP under
+    VPP]) each, ticking `bar` per sample; the same predictions as one call."""
+    ps = parallel_state
+    vpp = len(chunks) > 1
+    step = micro * ps.get_data_parallel_world_size() * (
+        ps.get_pipeline_model_parallel_world_size() if vpp else 1)
+    ok: list[bool] = []
+    preds: list[torch.Tensor] = []
+    width = max(len(s.answer) for s in samples)
+    for i in range(0, len(samples), step):
+        part = samples[i:i + step]
+        hits, p = score_samples(chunks, part, vocab_size, micro)
+        pad = torch.full((len(part), width - p.shape[1]), -1, dtype=p.dtype)
+        ok += hits
+        preds.append(torch.cat([pad, p], dim=1))
+        bar.update(len(part))
+    return ok, torch.cat(preds)
 
 
 def _sample_row(s: NiahSample, hit: bool, pred: list[int], tokenizer) -> dict:
@@ -348,6 +371,25 @@ def _report(cfg: NiahConfig, name: str, correct: dict, rows: list[dict]) -> Niah
     tokens = sum(r["tokens_correct"] for r in rows) / sum(len(r["answer_tokens"]) for r in rows)
     return NiahReport(passed=passed, mean_accuracy=mean, min_cell_accuracy=low, grid=grid,
                       name=name, token_accuracy=tokens, samples=rows, config=asdict(cfg))
+
+
+def grid_lines(report: NiahReport, color: bool = False) -> list[str]:
+    """The accuracy grid as text: a header of depths, one row per length; with `color`, each
+    cell in ANSI green (>= the pass threshold), yellow or red (< the cell minimum or 0.5)."""
+    d = report.to_dict()
+    cfg = d["config"]
+
+    def cell(a: float) -> str:
+        text = f"{a:>6.2f}"
+        if not color:
+            return text
+        code = 32 if a >= cfg["pass_accuracy"] else 31 if a < max(cfg["min_cell_accuracy"],
+                                                                    0.5) else 33
+        return f"\033[{code}m{text}\033[0m"
+
+    head = "length  " + " ".join(f"{x:>6.0%}" for x in d["depths"])
+    return [head, *(f"{n:>6}  " + " ".join(cell(a) for a in accs)
+                    for n, accs in zip(d["lengths"], d["accuracy"], strict=True))]
 
 
 def write_report(report: NiahReport, out_dir: Path) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from exaone_train import console
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.errors import ConfigError
 
@@ -67,4 +68,5 @@ def prepare_run_dir(cfg: RecipeConfig) -> Path:
             raise ConfigError("run.dir", str(run_dir), f"cannot be written: {e}") from None
     if dist.is_initialized():
         dist.barrier()
+    console.attach_run_log(run_dir, f"rank{dist.get_rank() if dist.is_initialized() else 0}")
     return run_dir
