@@ -37,9 +37,21 @@ def load_model_state(chunks: list, path: str | Path) -> None:
     load_model_into(chunks, state)
 
 
+def _keys_of_all_ranks(keys) -> set[str]:
+    """The union of every rank's `keys` (collective when torch.distributed is initialized)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return set(keys)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, sorted(keys))
+    return set().union(*everyone)
+
+
 def check_compatible(chunks: list, model_dir: Path, limit: int = 8) -> None:
     """CheckpointError naming the first mismatched keys and shapes when the checkpoint in
-    `model_dir` is of another model (compares global shapes, layout-free)."""
+    `model_dir` is of another model (compares global shapes, layout-free). Collective: every
+    rank calls it (keys no rank's model has are the unused ones)."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
@@ -56,7 +68,8 @@ def check_compatible(chunks: list, model_dir: Path, limit: int = 8) -> None:
     missing = [k for k in want if k not in saved]
     shapes = [f"{k}: checkpoint {tuple(saved[k].global_shape)} vs model {want[k]}"
               for k in want if k in saved and tuple(saved[k].global_shape) != want[k]]
-    extra = [k for k in saved if not k.startswith("optimizer.") and k not in want]
+    everywhere = _keys_of_all_ranks(want)  # under PP a rank holds only its stage's layers
+    extra = [k for k in saved if not k.startswith("optimizer.") and k not in everywhere]
     if missing or shapes or extra:
         parts = []
         if shapes:
