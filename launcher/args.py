@@ -23,6 +23,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, default: str | None,
 def resolve_recipe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """`args.recipe` from --recipe or the positional alias (a positional holding '=' is the
     first override: `exaone-train curriculum run.dir=x`), else the command's default."""
+    custom = getattr(args, "resolve_recipe", None)  # a command with its own positionals
+    if custom is not None:
+        return custom(args, parser)
     if not hasattr(args, "recipe_positional"):
         return
     pos = args.recipe_positional

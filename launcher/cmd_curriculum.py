@@ -21,35 +21,41 @@ DEFAULT_RECIPE = "tiny_cpu"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curriculum", help="train a recipe's whole curriculum, stage by stage; "
                                           "`curriculum status RUN_DIR`: where a run stands")
-    p.add_argument("recipe", nargs="?", default=None,
+    p.add_argument("recipe_positional", nargs="?", default=None, metavar="RECIPE",
                    help=f"top-level recipe (same as --recipe; default {DEFAULT_RECIPE}), or "
                         "`status`")
     p.add_argument("run_dir", nargs="?", default=None, help="with `status`: the run directory")
-    p.add_argument("--recipe", dest="recipe_option", default=None, help="top-level recipe")
+    p.add_argument("--recipe", default=None, help="top-level recipe")
     p.add_argument("--why-stopped", action="store_true",
                    help="with `status`: one line on why the run stopped")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. run.dir=runs/x")
+    p.set_defaults(resolve_recipe=_resolve, status=False, recipe_default=DEFAULT_RECIPE)
     p.set_defaults(func=run)
 
 
-def _split(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """(recipe, overrides) from the positional and option forms."""
-    positional = [x for x in (args.recipe, args.run_dir) if x is not None]
-    overrides = [x for x in positional if "=" in x] + list(args.overrides)
+def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`args.recipe` and `args.overrides` from the positional and option forms (`status`
+    keeps its RUN_DIR positional); two different recipes are an error."""
+    if args.recipe_positional == "status":
+        args.status, args.recipe = True, args.recipe or DEFAULT_RECIPE
+        return
+    positional = [x for x in (args.recipe_positional, args.run_dir) if x is not None]
+    args.overrides = [x for x in positional if "=" in x] + list(args.overrides)
     names = [x for x in positional if "=" not in x]
-    return args.recipe_option or (names[0] if names else DEFAULT_RECIPE), overrides
+    if len(names) > 1 or (names and args.recipe is not None and names[0] != args.recipe):
+        parser.error(f"two recipes given: {' and '.join(names + [args.recipe or ''])}")
+    args.recipe = args.recipe or (names[0] if names else DEFAULT_RECIPE)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.recipe == "status":
+    if args.status:
         return run_status(args)
     from exaone_train.config.load import load_recipe
     from exaone_train.curriculum.driver import run_curriculum
     from exaone_train.curriculum.plan import plan_curriculum
     from exaone_train.parallel import state
 
-    recipe, overrides = _split(args)
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(args.recipe, args.overrides)
     plan_curriculum(cfg)  # the layout-free rules, before any process group exists
     try:
         return run_curriculum(cfg)
@@ -65,6 +71,6 @@ def run_status(args: argparse.Namespace) -> int:
         from exaone_train.config.load import compose_recipe
 
         overrides = [x for x in [args.run_dir] if x] + list(args.overrides)
-        run_dir = compose_recipe(args.recipe_option or DEFAULT_RECIPE, overrides).run.dir
+        run_dir = compose_recipe(args.recipe, overrides).run.dir
     print(why_stopped(Path(run_dir)) if args.why_stopped else status_text(Path(run_dir)))
     return 0
