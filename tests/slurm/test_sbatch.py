@@ -80,13 +80,17 @@ def wait_final(job_id: str, timeout_s: float, on_poll=None) -> dict[str, str]:
 def release_when_requeued(job_id: str):
     """A poll callback: once the job is back in the queue after a requeue, start it now.
     Slurm holds a requeued job back (BeginTime ~2 min in 22.05) so the node's epilog can
-    finish; a one-node CI cluster has nothing to wait for."""
+    finish; a one-node CI cluster has nothing to wait for. Not `now`, though: slurmd revoked
+    the previous run's job credential at the requeue (whole-second times) and refuses a
+    credential issued in that same second ("Killing non-startable batch JobId=N: Job
+    credential revoked" in slurmctld.log, the job then FAILED with exit 1): that, not
+    `scontrol requeue`, was the intermittent failure of the requeue tests."""
     released = []
 
     def poll(fields: dict[str, str]) -> None:
         if (fields.get("JobState") == "PENDING" and int(fields.get("Restarts", 0)) >= 1
                 and not released):
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"],
                            check=True)
             released.append(True)
 
