@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from exaone_train.config.load import load_recipe
+from exaone_train.config.load import compose_recipe, load_recipe, to_object
 from exaone_train.config.validate import validate_fp8
 from exaone_train.errors import ConfigError
 from exaone_train.parallel import state
@@ -41,7 +41,10 @@ def test_fp8_recipe_against_gpu_capability(recipe, gpu, cuda, runs):
 
 
 def test_mxfp8_on_h100_is_a_config_error_in_validate_and_plan():
-    cfg = load_for_plan("kexaone_236b", ["precision.fp8=mxfp8", "logging.gpu_type=h100"])
+    overrides = ["precision.fp8=mxfp8", "logging.gpu_type=h100"]
+    with pytest.raises(ConfigError, match=r"precision\.fp8.*10\.x.*9\.0.*logging\.gpu_type=h100"):
+        load_for_plan("kexaone_236b", overrides)  # the one validate() pass
+    cfg = to_object(compose_recipe("kexaone_236b", overrides))  # unvalidated, to plan it
     with pytest.raises(ConfigError, match=r"precision\.fp8.*10\.x.*9\.0.*logging\.gpu_type=h100"):
         validate_fp8(cfg)
     with pytest.raises(ConfigError, match=r"precision\.fp8.*gpu_type=h100"):
@@ -82,9 +85,10 @@ def test_fp8_settings_reach_megatron(overrides, fp8, bf16_layers):
      "precision.fp8_bf16_last_layers"),  # 4 layers / pp 2: at most 2 per stage
 ])
 def test_fp8_settings_megatron_would_refuse_are_config_errors(overrides, field):
-    cfg = load_for_plan("tiny_cpu", overrides)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        validate_fp8(cfg)
+        load_for_plan("tiny_cpu", overrides)  # the one validate() pass
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_fp8(to_object(compose_recipe("tiny_cpu", overrides)))
 
 
 # ---- item 9: no reset_position_ids ----------------------------------------------------------
