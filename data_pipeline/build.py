@@ -264,6 +264,17 @@ def partial_name(i: int, n: int) -> str:
     return f"manifest.worker-{i:05d}-of-{n:05d}.json"
 
 
+def _remove_stale_partials(out: Path, n: int | None) -> None:
+    """Partial manifests of another worker count (of any, for a 1-worker build `n=None`): this
+    build rewrites the shard blocks they describe."""
+    for p in out.glob("manifest.worker-[0-9]*-of-[0-9]*.json"):
+        count = p.name.removesuffix(".json").rsplit("-of-", 1)[1]
+        if count.isdigit() and int(count) != n:
+            log.warning("removing %s: a build of %d workers, this one has %s", p.name, int(count),
+                        n or 1)
+            p.unlink()
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write a manifest atomically (temporary file, then rename)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
@@ -312,13 +323,14 @@ def build(cfg: BuildConfig, worker: tuple[int, int] | None = None) -> dict:
     i, n = worker or (0, 1)
     plan = split.split_inputs(cfg.sources, n)[i] if worker else None
     path = out / (partial_name(i, n) if worker else MANIFEST)
+    _remove_stale_partials(out, n if worker else None)
     old = (read_json(path) or {}).get("sources", {})
     sources, t0 = {}, time.time()
     decon = index_fingerprint(index)
     for src in cfg.sources:
         pieces = None if plan is None else plan.get(src.name, [])
         key = _source_key(src, cfg, tokenizer["sha256"], decon, pieces)
-        if pieces != [] and _up_to_date(old.get(src.name), key, out):
+        if _up_to_date(old.get(src.name), key, out):
             log.info("source %s: up to date, skipped", src.name)
             sources[src.name] = {**old[src.name], "skipped": True}
             continue

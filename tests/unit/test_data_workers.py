@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from data_pipeline.build import read_manifest
+from data_pipeline.build import build, read_manifest
 from data_pipeline.config import BlendComponent, BuildConfig, SourceConfig
 from data_pipeline.dataset import resolve_shards
 from data_pipeline.merge import merge
@@ -169,7 +169,7 @@ def test_bad_partials_are_a_data_error_naming_the_file_and_nothing_is_written(bu
         shard = out / json.loads((out / "manifest.worker-00001-of-00003.json").read_text()
                                  )["sources"]["ko"]["shards"][0]["prefix"]
         Path(f"{shard}.bin").write_bytes(Path(f"{shard}.bin").read_bytes()[:-2])
-        match = f"{shard.name}.bin: truncated"
+        match = f"{shard.name}.bin: \\d+ bytes, .*truncated or overwritten"
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     try:
         with pytest.raises(DataError, match=match):
@@ -179,6 +179,19 @@ def test_bad_partials_are_a_data_error_naming_the_file_and_nothing_is_written(bu
             ko.write_bytes(orig)
             os.utime(ko, ns=(st.st_atime_ns, st.st_mtime_ns))
     _assert_untouched(out, before)
+
+
+def test_rerun_worker_skips_its_built_sources_and_stale_partials_go(built):
+    d = built[0]
+    out = _copy(d, "rerun")
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_[0-9]*.bin")}
+    again = build(_cfg(d, out), (1, 3))
+    assert all(e["skipped"] for e in again["sources"].values())
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_[0-9]*.bin")} == before
+    (out / "manifest.worker-00000-of-00002.json").write_text("{}")  # of an older 2-worker build
+    build(_cfg(d, out), (1, 3))
+    assert not (out / "manifest.worker-00000-of-00002.json").exists()
+    assert len(list(out.glob("manifest.worker-*-of-00003.json"))) == 3
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
