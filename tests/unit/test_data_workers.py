@@ -122,6 +122,27 @@ def test_three_workers_merge_to_the_one_worker_token_streams(built):
     assert len(ko["shards"]) > len(one["sources"]["ko"]["shards"])
 
 
+def test_a_stage_packs_the_same_samples_from_both_builds(built):
+    from data_pipeline import build_stage_dataset
+    from data_pipeline.config import StageDataConfig
+
+    d = built[0]
+
+    def stage(out: str):
+        blend = [BlendComponent(name="web", prefix=str(d / out), sources=["ko", "web"], weight=0.7),
+                 BlendComponent(name="de", prefix=str(d / out / "de"), weight=0.3)]
+        return build_stage_dataset(StageDataConfig(name="s", seq_length=128, blend=blend,
+                                                   long_doc_policy="split", index_cache_dir="",
+                                                   blend_window_samples=20), seed=7)
+
+    a, b = stage("one"), stage("three")
+    assert a.num_samples == b.num_samples > 0
+    for i in range(a.num_samples):
+        x, y = a[i], b[i]
+        assert np.array_equal(x.tokens, y.tokens) and np.array_equal(x.document_ids,
+                                                                      y.document_ids), i
+
+
 def _copy(d: Path, name: str) -> Path:
     dst = d / name
     shutil.copytree(d / "three", dst)
