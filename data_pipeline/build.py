@@ -151,7 +151,8 @@ class _Shards:
     def __init__(self, out: Path, name: str, dtype: type, block: tuple[int, int],
                  max_tokens: int, mark: bool) -> None:
         self.out, self.name, self.dtype, self.block = out, name, dtype, block
-        self.max_tokens, self.mark, self.done = max_tokens, mark, []
+        self.max_tokens, self.mark = max_tokens, mark
+        self.done: list[dict] = []
         self.writer: ShardWriter | None = None
 
     def _open(self) -> ShardWriter:

@@ -56,8 +56,8 @@ def _print_manifest(manifest: dict, path: str) -> None:
     t = manifest["totals"]
     print(f"{'total':>12}: {t['documents']:>8,} docs {t['tokens']:>12,} tokens; languages: "
           + ", ".join(f"{k}={v['tokens']:,}" for k, v in t["languages"].items()))
-    decon = manifest.get("decontamination")
-    for name, ev in (decon or {}).get("eval_sets", {}).items():
+    decon: dict = manifest.get("decontamination") or {}
+    for name, ev in decon.get("eval_sets", {}).items():
         verb = "removed" if decon["action"] == "drop" else "marked"
         print(f"{'eval ' + name:>12}: {ev['documents_' + verb]:>8,} docs {verb} "
               f"({decon['ngram']}-gram overlap)")
