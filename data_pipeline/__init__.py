@@ -20,7 +20,9 @@ The interface the trainer uses::
     ds.advance(n)                             # n more global samples consumed
     ds.state_dict() / ds.load_state_dict(d)   # {stage, seed, consumed_samples, fingerprint}
 
-Other entry points: `data_pipeline.build.build(BuildConfig)` (shards + manifest.json),
+Other entry points: `data_pipeline.build.build(BuildConfig)` (shards + manifest.json;
+`build(cfg, worker=(i, n))` one worker's share), `data_pipeline.merge.merge(BuildConfig)` (join
+the workers' partial manifests), `data_pipeline.decontam` (n-gram decontamination),
 `data_pipeline.recipe.load_data_recipe(name, overrides)` (recipes/data/*.yaml),
 `data_pipeline.tokenizer.train_tokenizer(...)` (BPE / SuperBPE),
 `data_pipeline.synth.generate_corpus(out_dir, seed)` (the shipped corpus).

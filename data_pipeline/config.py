@@ -21,6 +21,7 @@ from exaone_train.errors import ConfigError
 SOURCE_FORMATS = ("jsonl", "parquet", "text", "hf_disk", "hf_json", "hf_parquet", "hf_text",
                   "synth")
 LONG_DOC_POLICIES = ("error", "split", "route")
+DECONTAMINATION_ACTIONS = ("drop", "mark")
 
 
 @dataclass
@@ -45,6 +46,19 @@ class SourceConfig:
 
 
 @dataclass
+class DecontaminationConfig:
+    """Benchmark decontamination (data_pipeline/decontam.py): a document sharing an `ngram`-token
+    n-gram of normalised text with any evaluation text is dropped (`action: drop`) or kept and
+    listed in `<shard>.contaminated.npy` (`action: mark`). Evaluation sets are read like sources
+    (`format`, `text_field`, `split`: e.g. `{name: mmlu, path: eval/mmlu.jsonl, text_field:
+    question}`)."""
+
+    eval_sets: list[SourceConfig] = field(default_factory=list)
+    ngram: int = 13  # words of normalised text (a CJK character is a word: see decontam.py)
+    action: str = "drop"
+
+
+@dataclass
 class BuildConfig:
     """`exaone-train data build`: sources -> NFC -> tokenizer -> `.bin/.idx` shards + manifest."""
 
@@ -61,6 +75,7 @@ class BuildConfig:
     shard_max_tokens: int = 1_000_000_000  # a source's shard rolls over past this many tokens
     max_bad_record_examples: int = 50  # bad records listed (with file and line) in the manifest
     progress: bool = True
+    decontaminate: DecontaminationConfig = field(default_factory=DecontaminationConfig)
 
 
 @dataclass
@@ -163,3 +178,19 @@ def validate_build(cfg: BuildConfig, where: str = "build") -> None:
         if not s.name.replace("-", "_").isidentifier():
             raise ConfigError(f"{where}.sources[{i}].name", s.name,
                               "must be letters, digits, '_' or '-' (it names shard files)")
+    _validate_decontamination(cfg.decontaminate, f"{where}.decontaminate")
+
+
+def _validate_decontamination(cfg: DecontaminationConfig, where: str) -> None:
+    if cfg.action not in DECONTAMINATION_ACTIONS:
+        raise ConfigError(f"{where}.action", cfg.action,
+                          f"must be one of {', '.join(DECONTAMINATION_ACTIONS)}")
+    if int(cfg.ngram) < 1:
+        raise ConfigError(f"{where}.ngram", cfg.ngram, "must be an integer >= 1")
+    names = [e.name for e in cfg.eval_sets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.eval_sets", names, "evaluation set names must be unique")
+    for i, e in enumerate(cfg.eval_sets):
+        if e.format not in SOURCE_FORMATS or e.format == "synth":
+            raise ConfigError(f"{where}.eval_sets[{i}].format", e.format,
+                              f"must be one of {', '.join(SOURCE_FORMATS[:-1])}")

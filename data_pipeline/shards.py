@@ -21,6 +21,7 @@ INDEX_HEADER = b"MMIDIDX\x00\x00"
 _DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64,
            7: np.float32, 8: np.uint16}
 _HEADER_BYTES = 9 + 8 + 1 + 8 + 8
+INDEX_BYTES = _HEADER_BYTES  # + 12 per sequence (length, pointer) + 8 per document index
 
 
 def token_dtype(vocab_size: int) -> type[np.integer]:

@@ -81,24 +81,54 @@ def _check(text: object, lang: object, src: SourceConfig, file: str, line: int) 
     return Record(text, str(lang or src.language or "unknown"), file, line)
 
 
-def _jsonl(src: SourceConfig, path: Path) -> Iterator[Record | BadRecord]:
+def _line_number_at(f, pos: int) -> int:
+    """The 1-based line number of byte `pos` of an open binary file (reads [0, pos))."""
+    f.seek(0)
+    count, left = 0, pos
+    while left > 0:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        count, left = count + chunk.count(b"\n"), left - len(chunk)
+    return count + 1
+
+
+def _lines(path: Path, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the lines of a file whose first byte lies in [start, end)."""
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield BadRecord(str(path), line_no, f"invalid UTF-8 at byte {e.start}")
-                continue
-            except json.JSONDecodeError as e:
-                yield BadRecord(str(path), line_no, f"invalid JSON: {e.msg}")
-                continue
-            if not isinstance(obj, dict):
-                yield BadRecord(str(path), line_no, "record is not a JSON object")
-                continue
-            lang = obj.get(src.language_field) if src.language_field else None
-            yield _check(obj.get(src.text_field), lang, src, str(path), line_no)
+        line_no = 1
+        if start > 0:
+            line_no = _line_number_at(f, start - 1)
+            f.seek(start - 1)
+            f.readline()  # the rest of the line holding byte start-1 belongs to the range before
+            line_no += 1
+        pos = f.tell()
+        while end is None or pos < end:
+            raw = f.readline()
+            if not raw:
+                return
+            yield line_no, raw
+            pos, line_no = pos + len(raw), line_no + 1
+
+
+def _jsonl(src: SourceConfig, path: Path, start: int = 0, end: int | None = None
+           ) -> Iterator[Record | BadRecord]:
+    for line_no, raw in _lines(path, start, end):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield BadRecord(str(path), line_no, f"invalid UTF-8 at byte {e.start}")
+            continue
+        except json.JSONDecodeError as e:
+            yield BadRecord(str(path), line_no, f"invalid JSON: {e.msg}")
+            continue
+        if not isinstance(obj, dict):
+            yield BadRecord(str(path), line_no, "record is not a JSON object")
+            continue
+        lang = obj.get(src.language_field) if src.language_field else None
+        yield _check(obj.get(src.text_field), lang, src, str(path), line_no)
 
 
 def _text(src: SourceConfig, path: Path) -> Iterator[Record | BadRecord]:
@@ -152,8 +182,30 @@ def _hf(src: SourceConfig) -> Iterator[Record | BadRecord]:
     yield from _rows(src, iter(ds), str(path))
 
 
-def iter_records(src: SourceConfig) -> Iterator[Record | BadRecord]:
-    """Every document of a source, in a fixed order (files sorted, then line order)."""
+@dataclass(frozen=True)
+class Piece:
+    """The part of a source one build worker reads (data_pipeline/split.py): bytes [start, end)
+    of one file (a jsonl record belongs to the piece holding its first byte; other formats are
+    read whole), or the whole source when `file` is None."""
+
+    file: str | None
+    start: int = 0
+    end: int | None = None
+
+
+def iter_records(src: SourceConfig, pieces: list[Piece] | None = None
+                 ) -> Iterator[Record | BadRecord]:
+    """Every document of a source (of `pieces` of it), in a fixed order (files sorted, then line
+    order): the pieces of all workers, in order, yield exactly the records of the source."""
+    if pieces is not None:
+        for piece in pieces:
+            if piece.file is None:
+                yield from iter_records(src)
+            elif src.format == "jsonl":
+                yield from _jsonl(src, Path(piece.file), piece.start, piece.end)
+            else:
+                yield from _READERS[src.format](src, Path(piece.file))
+        return
     if src.format.startswith("hf_"):
         yield from _hf(src)
         return
@@ -164,6 +216,8 @@ def iter_records(src: SourceConfig) -> Iterator[Record | BadRecord]:
             yield _check(rec.get(src.text_field), rec.get(src.language_field or "lang"), src,
                          f"synth:{src.path}", i)
         return
-    reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}[src.format]
     for path in source_files(src):
-        yield from reader(src, path)
+        yield from _READERS[src.format](src, path)
+
+
+_READERS = {"jsonl": _jsonl, "parquet": _parquet, "text": _text}

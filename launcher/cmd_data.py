@@ -1,4 +1,4 @@
-"""`exaone-train data build|generate|train-tokenizer|inspect`."""
+"""`exaone-train data build|merge|generate|train-tokenizer|inspect`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     b = dsub.add_parser("build", help="tokenize a data recipe's sources into .bin/.idx shards")
     add_recipe_arguments(b, "shipped_corpus", "data recipe in recipes/data/ or a YAML path")
+    b.add_argument("--worker", default=None, metavar="I/N",
+                   help="build only worker I's share of N (e.g. a Slurm array task: "
+                   "slurm/data_build.sh) into a partial manifest; then `data merge`")
     b.set_defaults(func=run_build)
+
+    m = dsub.add_parser("merge", help="check and join the partial manifests of a --worker build")
+    add_recipe_arguments(m, "shipped_corpus", "data recipe in recipes/data/ or a YAML path")
+    m.set_defaults(func=run_merge)
 
     g = dsub.add_parser("generate", help="regenerate the shipped corpus (byte-identical per seed)")
     g.add_argument("--out", default="data/corpus", help="output directory (default data/corpus)")
@@ -41,12 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=run_inspect)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from data_pipeline.build import build
-    from data_pipeline.recipe import load_data_recipe
-
-    recipe = load_data_recipe(args.recipe, args.overrides)
-    manifest = build(recipe.build)
+def _print_manifest(manifest: dict, path: str) -> None:
     for name, src in manifest["sources"].items():
         state = "up to date" if src["skipped"] else "built"
         print(f"{name:>12}: {src['documents']:>8,} docs {src['tokens']:>12,} tokens "
@@ -54,7 +56,39 @@ def run_build(args: argparse.Namespace) -> int:
     t = manifest["totals"]
     print(f"{'total':>12}: {t['documents']:>8,} docs {t['tokens']:>12,} tokens; languages: "
           + ", ".join(f"{k}={v['tokens']:,}" for k, v in t["languages"].items()))
-    print(f"manifest: {recipe.build.output_dir}/manifest.json")
+    decon: dict = manifest.get("decontamination") or {}
+    for name, ev in decon.get("eval_sets", {}).items():
+        verb = "removed" if decon["action"] == "drop" else "marked"
+        print(f"{'eval ' + name:>12}: {ev['documents_' + verb]:>8,} docs {verb} "
+              f"({decon['ngram']}-gram overlap)")
+    print(f"manifest: {path}")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from data_pipeline.build import MANIFEST, build, partial_name
+    from data_pipeline.recipe import load_data_recipe
+    from data_pipeline.split import parse_worker
+
+    worker = parse_worker(args.worker) if args.worker else None
+    recipe = load_data_recipe(args.recipe, args.overrides)
+    manifest = build(recipe.build, worker)
+    name = partial_name(*worker) if worker else MANIFEST
+    _print_manifest(manifest, f"{recipe.build.output_dir}/{name}")
+    if worker:
+        print(f"worker {worker[0]}/{worker[1]} done; when all are: exaone-train data merge "
+              f"{args.recipe}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from data_pipeline.build import MANIFEST
+    from data_pipeline.merge import merge
+    from data_pipeline.recipe import load_data_recipe
+
+    recipe = load_data_recipe(args.recipe, args.overrides)
+    manifest = merge(recipe.build)
+    print(f"merged {manifest['workers']['count']} partial manifests")
+    _print_manifest(manifest, f"{recipe.build.output_dir}/{MANIFEST}")
     return 0
 
 
