@@ -216,8 +216,25 @@ def _line(r: dict) -> str:
             f"{r['saved_bytes_per_token']:10.0f} B/token, {r['seconds']:8.2f} s{mark}")
 
 
+def planned_peak(kind: str, seq: int, e: int = 4) -> float:
+    """The planner's forecast of the new path's peak above the inputs (CP 1): the saved fp32
+    output + LSE, the layer's output, one backward's working set."""
+    from launcher.plan import blockwise_saved_bytes_per_token, blockwise_working_bytes
+
+    _, m = attention_module(kind)
+    output = e * m.num_attention_heads / TP * m.head_dim * seq
+    saved = blockwise_saved_bytes_per_token(m, TP, e) * seq
+    return BATCH * (saved + output + blockwise_working_bytes(m, TP, e, seq, seq))
+
+
 def ratios(rows: list[dict]) -> list[str]:
     out = []
+    for r in rows:
+        if r["path"] == "new":
+            plan = planned_peak(r["kind"], r["seq"])
+            out.append(f"{r['kind']:8s} seq {r['seq']:6d}: new measured peak / planner forecast "
+                       f"{r['peak_bytes'] / plan:.3f} ({r['peak_bytes'] / MIB:.1f} / "
+                       f"{plan / MIB:.1f} MiB)")
     by = {(r["kind"], r["path"], r["seq"]): r for r in rows}
     for (kind, path, seq), new in sorted(by.items()):
         old = by.get((kind, "old", seq))
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     choices=["sliding", "global"])
     ap.add_argument("--dense-max-gib", type=float, default=6.0,
                     help="run an old (dense) point only if it needs about this much or less")
+    ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--point", nargs=4, metavar=("PATH", "KIND", "SEQ", "DTYPE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -266,6 +284,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = sweep(args.seqs, args.kinds, args.dense_max_gib)
     print("\n".join(["", *map(_line, rows), "", *ratios(rows), "",
                      *saved_constants(min(args.seqs))]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 

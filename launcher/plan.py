@@ -199,8 +199,8 @@ def activation_formula() -> str:
         "e*2g*d*(s/CP + 2(W-1))*b/TP (halo exchange, parallel/halo.py), global layers (and "
         "windows longer than a chunk s/(2CP)) the all-gathered e*2g*d*s*b/TP; selective "
         "recompute (core_attn) drops them. Each stage adds once the working set of one layer's "
-        "attention backward: fp32 dQ, dK, dV (plus fp32 copies of Q, K, V, dO and the cast "
-        "gradients when e=2), 4 tiles of a/TP x 256 x 256 fp32 scores, and under selective the "
+        "attention backward: fp32 dQ, dK, dV and dO copied into the kernel's layout (plus fp32 "
+        "copies of Q, K, V, dO and the cast gradients when e=2), 4 tiles of a/TP x 256 x 256 fp32 scores, and under selective the "
         "recomputed layer's kept set. With Transformer Engine's flash attention selective == "
         "none. recompute=full: X = h (layer input only) plus one layer's recompute working set "
         "per stage. Peak on pipeline rank 0 = "
@@ -288,11 +288,12 @@ def blockwise_saved_bytes_per_token(m: ModelConfig, tp: int, e: int) -> float:
 def blockwise_working_bytes(m: ModelConfig, tp: int, e: int, q_tokens: float,
                             k_tokens: float) -> float:
     """Transient peak of one blockwise attention backward (per sample, one GPU): fp32 dQ, dK,
-    dV; with e < 4 also fp32 copies of q, k, v and dO, and the gradients cast back; plus
-    LIVE_TILES fp32 score tiles per query head."""
+    dV, dO copied into the kernel's [b, g, rep, s, d] layout; with e < 4 also fp32 copies of
+    q, k, v and dO, and the gradients cast back; plus LIVE_TILES fp32 score tiles per query
+    head. bench/attention_memory.py prints this against the measured peak."""
     a, g, d = m.num_attention_heads / tp, m.num_query_groups / tp, m.head_dim
     q_elems, kv_elems = a * d * q_tokens, 2 * g * d * k_tokens
-    grads = 4 * (q_elems + kv_elems)
+    grads = 4 * (q_elems + kv_elems) + e * q_elems
     copies = 0.0 if e == 4 else 4 * (2 * q_elems + kv_elems) + e * (q_elems + kv_elems)
     return grads + copies + LIVE_TILES * 4 * a * BLOCK_TOKENS**2
 
