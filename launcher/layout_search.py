@@ -10,11 +10,15 @@ smallest world (of whole nodes) where one does.
 
 Step-time estimate (a ranking model: its constants are nominal, not measured here):
   compute   FLOPs/token x tokens/step / (GPUs x peak x MFU)   (make_plan's step time)
-            x 4/3 with full recompute (one more forward; forward = 1/3 of forward+backward)
+            x 4/3 with full recompute (one more forward; forward = 1/3 of forward+backward),
+            x (1 + core-attention forward FLOPs / all FLOPs) with selective recompute
             x (1 + (PP-1) / (VPP x micro-batches))            (1F1B pipeline bubble)
   + exposed communication, bytes per GPU per step / bandwidth, nothing overlapped:
     TP (sequence parallel: 4 all-gathers/reduce-scatters of the layer's activations, forward
-    and backward), CP (K/V all-gather, dK/dV reduce-scatter), EP (all-to-all dispatch and
+    and backward), CP per layer type (`cp_bytes_per_layer`: K/V all-gather and dK/dV
+    reduce-scatter of the whole sequence on global layers and on Transformer Engine; on the
+    local attention's sliding-window layers the halo exchange, W-1 keys per chunk boundary;
+    once more for the forward that selective or full recompute re-runs), EP (all-to-all dispatch and
     combine of the top-k copies), PP (activations to the next stage and gradients back), DP
     (fp32 gradient all-reduce over DP*CP, experts over ExpertDP) and the distributed optimizer's
     parameter all-gather (this trainer all-reduces full gradients and then gathers updated
@@ -36,9 +40,17 @@ from exaone_train.config.schema import ParallelConfig, RecipeConfig
 from exaone_train.config.validate import validate_backend, validate_batching, validate_parallel
 from exaone_train.curriculum.config import StageParallelConfig
 from exaone_train.errors import ConfigError
+from exaone_train.model.counts import attention_context_tokens, training_flops_per_token
 from exaone_train.model.layout import moe_layers as moe_layer_flags
 from exaone_train.train.hardware import detect_gpu_type, gpu_spec
-from launcher.plan import DEFAULT_MFU, GIB, check_layout, make_plan
+from launcher.plan import (
+    DEFAULT_MFU,
+    GIB,
+    check_layout,
+    cp_exchange,
+    halo_tokens,
+    make_plan,
+)
 
 log = logging.getLogger("exaone_train")
 
@@ -144,6 +156,28 @@ def _ring(n: int) -> float:
     return (n - 1) / n
 
 
+def cp_bytes_per_layer(recipe: RecipeConfig) -> list[float]:
+    """Bytes one CP rank sends per decoder layer and micro-batch (forward, backward and the
+    forward again under recompute): all-gather layers gather K and V of the whole sequence
+    (and reduce-scatter dK/dV), (CP-1)/CP of 2*s*b*g/TP*d*e each time; halo layers send the
+    W-1 tail of each of their 2 chunks to a neighbour, 2 * 2*(W-1)*b*g/TP*d*e each time."""
+    m, p, t = recipe.model, recipe.parallel, recipe.train
+    e = 4 if recipe.precision.dtype == "fp32" else 2
+    kv_per_token = 2 * t.micro_batch_samples * m.num_query_groups / p.tp * m.head_dim * e
+    passes = 3 if p.recompute != "none" else 2  # selective/full re-run the attention forward
+    sent = {"none": 0.0,
+            "all_gather": kv_per_token * t.seq_length_tokens * _ring(p.cp) * passes,
+            "halo": kv_per_token * 2 * (halo_tokens(m) or 0) * passes}
+    return [sent[ex] for ex in cp_exchange(recipe, t.seq_length_tokens)]
+
+
+def cp_bytes_per_stage(recipe: RecipeConfig, plan: dict[str, Any]) -> float:
+    """`cp_bytes_per_layer` summed over the layers of the pipeline rank that holds the most."""
+    per_layer = cp_bytes_per_layer(recipe)
+    return max(sum(per_layer[i] for a, z in st["layer_ranges"] for i in range(a, z))
+               for st in plan["pipeline"]["stages"])
+
+
 def comm_seconds(recipe: RecipeConfig, plan: dict[str, Any], budget: Budget) -> dict[str, float]:
     """Exposed communication per step on the fullest pipeline rank (module doc), by kind."""
     m, p, t = recipe.model, recipe.parallel, recipe.train
@@ -158,8 +192,7 @@ def comm_seconds(recipe: RecipeConfig, plan: dict[str, Any], budget: Budget) -> 
     dense_d, expert_d = lay["dp"] * lay["cp"], lay["expert_dp"] or 1
     out = {
         "tp": 8 * act * _ring(p.tp) * layers * mbs / _bandwidth(p.tp, budget),
-        "cp": 4 * tokens * p.cp * (m.num_query_groups // p.tp) * m.head_dim * e
-        * _ring(p.cp) * layers * mbs / _bandwidth(p.tp * p.cp, budget),
+        "cp": cp_bytes_per_stage(recipe, plan) * mbs / _bandwidth(p.tp * p.cp, budget),
         "ep": 4 * act / p.tp * m.moe_top_k * _ring(p.ep) * moe_layers * mbs
         / _bandwidth(p.etp * p.ep, budget),
         "pp": (2 * act / (p.tp if p.sequence_parallel else 1) * mbs * (p.virtual_pp or 1)
@@ -174,13 +207,24 @@ def comm_seconds(recipe: RecipeConfig, plan: dict[str, Any], budget: Budget) -> 
     return out
 
 
+def recompute_time_factor(recipe: RecipeConfig) -> float:
+    """Compute with recompute / without: full re-runs each layer's forward (4/3); selective
+    re-runs the core attention's forward (QK^T and PV: 4*a*d FLOPs per key seen, per token)."""
+    m, p = recipe.model, recipe.parallel
+    if p.recompute == "full":
+        return FULL_RECOMPUTE_TIME_FACTOR
+    if p.recompute == "selective":
+        seq = recipe.train.seq_length_tokens
+        forward = 4 * m.num_attention_heads * m.head_dim * attention_context_tokens(m, seq)
+        return 1 + forward / training_flops_per_token(m, seq)
+    return 1.0
+
+
 def step_time_estimate(recipe: RecipeConfig, plan: dict[str, Any],
                        budget: Budget) -> dict[str, Any]:
     """Seconds per step of `plan` (make_plan of `recipe`): compute, bubble, communication."""
     p = recipe.parallel
-    compute = plan["compute"]["step_time_s"]
-    if p.recompute == "full":
-        compute *= FULL_RECOMPUTE_TIME_FACTOR
+    compute = plan["compute"]["step_time_s"] * recompute_time_factor(recipe)
     bubble = (p.pp - 1) / ((p.virtual_pp or 1) * plan["batch"]["num_microbatches"])
     comm = comm_seconds(recipe, plan, budget)
     total = compute * (1 + bubble) + sum(comm.values())

@@ -36,7 +36,12 @@ from exaone_train.model.counts import (
     shared_expert_params,
     training_flops_per_token,
 )
-from exaone_train.model.layout import moe_layers, padded_vocab_size
+from exaone_train.model.layout import (
+    SLIDING,
+    layer_types,
+    moe_layers,
+    padded_vocab_size,
+)
 from exaone_train.train.hardware import gpu_spec, peak_flops
 
 GIB = 1024**3
@@ -186,9 +191,17 @@ def activation_formula() -> str:
         "recompute=none|selective: X = attention [2h + 2(a+2g)d + ad] (norm in, QKV in, "
         "Q/K/V before and after QK-norm+RoPE, core-attention out) + dense MLP [2h + 3f] or "
         "MoE [2h + k(h + 3f_e) + 3f_s] (norm in, router/fc1 in, per routed copy: permuted "
-        "input, gate/up, SwiGLU out; shared expert); without flash attention "
-        "(transformer_impl=local, or auto without Transformer Engine) recompute=none also stores 2*e*a*s^2*b/(CP*TP) of scores "
-        "and probabilities, which selective recompute (core_attn) drops; with Transformer "
+        "input, gate/up, SwiGLU out; shared expert). Without flash attention "
+        "(transformer_impl=local, or auto without Transformer Engine) the local attention is "
+        "blockwise (model/blockwise.py, no s^2 term): recompute=none also keeps its fp32 output "
+        "and row log-sum-exp, 4*a*(d+1)*(s/CP)*b/TP (measured: bench/attention_memory.py), and "
+        "under CP the keys/values it attends to: sliding-window layers the halo-extended "
+        "e*2g*d*(s/CP + 2(W-1))*b/TP (halo exchange, parallel/halo.py), global layers (and "
+        "windows longer than a chunk s/(2CP)) the all-gathered e*2g*d*s*b/TP; selective "
+        "recompute (core_attn) drops them. Each stage adds once the working set of one layer's "
+        "attention backward: fp32 dQ, dK, dV and dO copied into the kernel's layout (plus fp32 "
+        "copies of Q, K, V, dO and the cast gradients when e=2), 4 tiles of a/TP x 256 x 256 "
+        "fp32 scores, and under selective the recomputed layer's kept set. With Transformer "
         "Engine's flash attention selective == none. recompute=full: X = h (layer input only) "
         "plus one layer's recompute working set per stage. Peak on pipeline rank 0 = "
         "layers_per_stage * per-layer * in-flight micro-batches, in-flight = PP (1F1B) or "
@@ -222,9 +235,97 @@ def in_flight_microbatches(p: ParallelConfig, stage: int, num_microbatches: int)
 
 def attention_is_flash(cfg: RecipeConfig) -> bool:
     """What the builder picks on a GPU node with this environment's packages: Transformer
-    Engine's flash attention, or the local attention that stores [s, s] scores (`auto` without
-    Transformer Engine installed)."""
+    Engine's flash attention, or the local blockwise attention (`auto` without Transformer
+    Engine installed)."""
     return uses_transformer_engine(cfg.precision, cuda=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The local (blockwise) attention: what it keeps and what it exchanges under CP
+# --------------------------------------------------------------------------------------------
+
+BLOCK_TOKENS = 256  # exaone_train.model.blockwise.BLOCK_TOKENS (that module imports torch)
+LIVE_TILES = 4  # score tiles alive at once in a tile's backward: P, dP, dP - delta, dS
+
+
+def halo_tokens(m: ModelConfig) -> int | None:
+    """Keys a sliding-window query sees before itself (W-1), None without sliding windows."""
+    if m.sliding_window_tokens is None or SLIDING not in layer_types(m):
+        return None
+    return m.sliding_window_tokens - 1
+
+
+def cp_exchange(cfg: RecipeConfig, seq_len_tokens: int) -> list[str]:
+    """How each decoder layer reaches the keys of other CP ranks: "none" (CP 1), "halo" (local
+    path, sliding window within one chunk: `parallel.halo.halo_fits`, W-1 <= s/(2CP)) or
+    "all_gather" (global layers, longer windows, and Transformer Engine's attention)."""
+    p = cfg.parallel
+    if p.cp == 1:
+        return ["none"] * cfg.model.num_layers
+    halo = halo_tokens(cfg.model)
+    fits = halo is not None and 0 < halo <= seq_len_tokens // p.cp // 2
+    local = not attention_is_flash(cfg)
+    return ["halo" if local and fits and t == SLIDING else "all_gather"
+            for t in layer_types(cfg.model)]
+
+
+def keys_held(cfg: RecipeConfig, exchange: str, seq_len_tokens: int) -> float:
+    """Key (and value) positions one CP rank's attention of a layer holds."""
+    s_local = seq_len_tokens / cfg.parallel.cp
+    if exchange == "halo":
+        return s_local + 2 * (halo_tokens(cfg.model) or 0)  # [halo, chunk, halo, chunk]
+    return float(seq_len_tokens) if exchange == "all_gather" else s_local
+
+
+def blockwise_saved_bytes_per_token(m: ModelConfig, tp: int, e: int) -> float:
+    """Bytes the blockwise attention saves for backward per query token on one GPU beyond its
+    q/k/v inputs: the fp32 output (apart from the layer's output) and row log-sum-exp. The
+    same for fp32 and bf16 activations (bench/attention_memory.py measures both)."""
+    del e  # the saved output and LSE are fp32 whatever the activations' dtype
+    return 4 * m.num_attention_heads / tp * (m.head_dim + 1)
+
+
+def blockwise_working_bytes(m: ModelConfig, tp: int, e: int, q_tokens: float,
+                            k_tokens: float) -> float:
+    """Transient peak of one blockwise attention backward (per sample, one GPU): fp32 dQ, dK,
+    dV, dO copied into the kernel's [b, g, rep, s, d] layout; with e < 4 also fp32 copies of
+    q, k, v and dO, and the gradients cast back; plus LIVE_TILES fp32 score tiles per query
+    head. bench/attention_memory.py prints this against the measured peak."""
+    a, g, d = m.num_attention_heads / tp, m.num_query_groups / tp, m.head_dim
+    q_elems, kv_elems = a * d * q_tokens, 2 * g * d * k_tokens
+    grads = 4 * (q_elems + kv_elems) + e * q_elems
+    copies = 0.0 if e == 4 else 4 * (2 * q_elems + kv_elems) + e * (q_elems + kv_elems)
+    return grads + copies + LIVE_TILES * 4 * a * BLOCK_TOKENS**2
+
+
+def _attention_kept_bytes(cfg: RecipeConfig, exchange: str, seq_len_tokens: int,
+                          micro_batch_samples: int) -> float:
+    """What the local attention keeps for backward beyond X (recompute=none): fp32 output and
+    LSE, and under CP the exchanged keys/values (activation_formula)."""
+    m, p = cfg.model, cfg.parallel
+    e = 4 if cfg.precision.dtype == "fp32" else 2
+    s, b = seq_len_tokens / p.cp, micro_batch_samples
+    kv = 0.0 if exchange == "none" else (
+        e * 2 * m.num_query_groups / p.tp * m.head_dim * keys_held(cfg, exchange, seq_len_tokens))
+    return b * (s * blockwise_saved_bytes_per_token(m, p.tp, e) + kv)
+
+
+def attention_working_bytes(cfg: RecipeConfig, seq_len_tokens: int,
+                            micro_batch_samples: int) -> float:
+    """Held once per stage: the largest layer's blockwise attention backward working set, plus
+    under selective recompute that layer's recomputed kept set (0 with flash attention)."""
+    if attention_is_flash(cfg):
+        return 0.0
+    m, p = cfg.model, cfg.parallel
+    e = 4 if cfg.precision.dtype == "fp32" else 2
+    s, b = seq_len_tokens / p.cp, micro_batch_samples
+    worst = 0.0
+    for ex in set(cp_exchange(cfg, seq_len_tokens)):
+        work = b * blockwise_working_bytes(m, p.tp, e, s, keys_held(cfg, ex, seq_len_tokens))
+        if p.recompute == "selective":
+            work += _attention_kept_bytes(cfg, ex, seq_len_tokens, micro_batch_samples)
+        worst = max(worst, work)
+    return worst
 
 
 def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
@@ -235,12 +336,10 @@ def layer_activation_bytes(cfg: RecipeConfig, seq_len_tokens: int,
     s, b = seq_len_tokens / p.cp, micro_batch_samples
     if p.recompute == "full":
         return [e * s * b * m.hidden_size / (p.tp if p.sequence_parallel else 1)] * m.num_layers
-    flash = attention_is_flash(cfg)
-    # local attention under CP: this rank's s/CP queries against all (all-gathered) keys
-    scores = 0.0 if flash or p.recompute != "none" else (
-        2 * e * m.num_attention_heads * s * seq_len_tokens * b / p.tp)
-    return [e * s * b * _layer_activation_elems(m, moe, p.sequence_parallel, p.tp) + scores
-            for moe in moe_layers(m)]
+    kept = not attention_is_flash(cfg) and p.recompute == "none"
+    return [e * s * b * _layer_activation_elems(m, moe, p.sequence_parallel, p.tp)
+            + (_attention_kept_bytes(cfg, ex, seq_len_tokens, b) if kept else 0.0)
+            for moe, ex in zip(moe_layers(m), cp_exchange(cfg, seq_len_tokens), strict=True)]
 
 
 def activation_memory(cfg: RecipeConfig, stages: list[dict[str, Any]], seq_len_tokens: int,
@@ -248,12 +347,13 @@ def activation_memory(cfg: RecipeConfig, stages: list[dict[str, Any]], seq_len_t
     """Peak activation bytes per pipeline rank; sets `stage["activation_gib"]`."""
     m, p = cfg.model, cfg.parallel
     per_layer = layer_activation_bytes(cfg, seq_len_tokens, micro_batch_samples)
-    # Full recompute re-materialises one layer at a time in backward: add that working set.
-    working = 0.0
+    # Full recompute re-materialises one layer at a time in backward: add that working set;
+    # one layer's attention backward is transient on every path (0 with flash attention).
+    working = attention_working_bytes(cfg, seq_len_tokens, micro_batch_samples)
     if p.recompute == "full":
         full = RecipeConfig(model=m, parallel=ParallelConfig(**{**vars(p), "recompute": "none"}),
                             precision=cfg.precision)
-        working = max(layer_activation_bytes(full, seq_len_tokens, micro_batch_samples))
+        working += max(layer_activation_bytes(full, seq_len_tokens, micro_batch_samples))
     s, b = seq_len_tokens / p.cp, micro_batch_samples
     logits = 4 * s * b * padded_vocab_size(m, p.tp) / p.tp * (1 + m.mtp_num_layers)
     for st in stages:
@@ -361,12 +461,12 @@ def make_plan(cfg: RecipeConfig, world_size: int, *, gpus_per_node: int | None =
                     "peak_basis": "bf16 dense", "assumed_mfu": mfu,
                     "step_time_s": step_s, "tokens_per_s": tokens_step / step_s,
                     "tokens_per_s_per_gpu": tokens_step / step_s / world_size},
-        "warnings": _warnings(cfg, lay, gpn, total_gib, spec.memory_gib),
+        "warnings": _warnings(cfg, lay, gpn, total_gib, spec.memory_gib, seq),
     }
 
 
 def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float,
-              memory_gib: float) -> list[str]:
+              memory_gib: float, seq_len_tokens: int) -> list[str]:
     out = []
     if lay["tp"] > gpn:
         out.append(f"parallel.tp={lay['tp']} spans nodes (gpus_per_node={gpn}): TP traffic "
@@ -380,9 +480,28 @@ def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float
                    "nodes (not installed here; the trainer checks again at start)")
     if cfg.precision.transformer_impl == "auto" and not attention_is_flash(cfg):
         out.append("precision.transformer_impl=auto without Transformer Engine installed runs "
-                   "the local attention ([s, s] scores, counted above); install it or set "
-                   "precision.transformer_impl=transformer_engine to plan its flash attention")
+                   "the local blockwise attention (plain torch, memory counted above, slower "
+                   "than flash); install it or set precision.transformer_impl="
+                   "transformer_engine to plan its flash attention")
+    out += _halo_warnings(cfg, seq_len_tokens)
     return out
+
+
+def _halo_warnings(cfg: RecipeConfig, seq_len_tokens: int) -> list[str]:
+    """Sliding-window layers that all-gather K/V under CP although a halo would do."""
+    halo, cp = halo_tokens(cfg.model), cfg.parallel.cp
+    if halo is None or cp == 1:
+        return []
+    if attention_is_flash(cfg):
+        return [f"parallel.cp={cp} on Transformer Engine (cp_comm_type="
+                f"{cfg.parallel.cp_comm_type}): sliding-window layers exchange the whole "
+                "sequence's K/V as global layers do (the halo exchange is the local "
+                "attention's); the step estimate counts an all-gather on every layer"]
+    if "halo" not in cp_exchange(cfg, seq_len_tokens):
+        return [f"sliding window needs {halo} keys before each CP chunk but a chunk holds "
+                f"{seq_len_tokens // cp // 2} tokens (seq {seq_len_tokens}, cp {cp}): "
+                "sliding-window layers all-gather K/V instead of the halo exchange"]
+    return []
 
 
 def load_for_plan(recipe: str, overrides: list[str]) -> RecipeConfig:

@@ -95,3 +95,30 @@ def test_no_layout_fits_names_the_smallest_world_that_does():
     assert search_layout(recipe, budget) is not None
     below = _NODE_COUNTS[_NODE_COUNTS.index(nodes) - 1]
     assert search_layout(recipe, budget.with_world(8 * below)) is None
+
+
+def test_context_parallel_traffic_per_layer_type():
+    """Bytes a CP rank sends per layer and micro-batch: the local attention's sliding-window
+    layers send two W-1 halos of K/V forward and their gradients back; global layers (and
+    every layer on Transformer Engine) all-gather K/V and reduce-scatter dK/dV, (CP-1)/CP of
+    the whole sequence each; recompute re-runs the forward's exchange."""
+    from launcher.layout_search import cp_bytes_per_layer, recompute_time_factor
+
+    s, cp, halo = 32768, 4, 127
+    kv = 2 * 8 / 4 * 128 * 2  # bytes per position: bf16 K and V of 2 KV heads (TP4)
+    local = load_for_plan("kexaone_236b", [
+        "precision=bf16", "precision.transformer_impl=local", "parallel.recompute=none",
+        f"parallel.cp={cp}", f"train.seq_length_tokens={s}"])
+    per = cp_bytes_per_layer(local)
+    assert per[:4] == pytest.approx([kv * 2 * halo * 2] * 3 + [kv * s * (cp - 1) / cp * 2])
+    assert per[0] / per[3] < 0.02  # the halo is ~1% of the all-gather at 32K CP4
+    selective = cp_bytes_per_layer(dataclasses.replace(
+        local, parallel=dataclasses.replace(local.parallel, recompute="selective")))
+    assert selective == pytest.approx([1.5 * x for x in per])
+    te = load_for_plan("kexaone_236b", ["parallel.recompute=none", f"parallel.cp={cp}",
+                                        f"train.seq_length_tokens={s}"])
+    assert cp_bytes_per_layer(te) == pytest.approx([per[3]] * 48)
+    # selective recompute re-runs the core attention forward: dearer than none, cheaper than full
+    te_selective = dataclasses.replace(
+        te, parallel=dataclasses.replace(te.parallel, recompute="selective"))
+    assert recompute_time_factor(te) == 1 < recompute_time_factor(te_selective) < 4 / 3

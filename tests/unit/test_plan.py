@@ -163,3 +163,88 @@ def test_plan_counts_the_optimizer_the_recipe_trains_with():
     extra = by_recipe["memory"]["static_per_gpu_gib"]["replicated"] - \
         muon["memory"]["static_per_gpu_gib"]["replicated"]
     assert 0 < extra * GIB < 4 * stage["params"]
+
+
+# --- the local (blockwise) attention: what the plan counts (issues 13 and 17) ---------------
+
+def _local(*overrides: str):
+    """kexaone_236b on the local blockwise attention (bf16, no Transformer Engine), no
+    recompute: the configuration whose attention memory the plan must follow."""
+    return load_for_plan("kexaone_236b", ["precision=bf16", "precision.transformer_impl=local",
+                                          "parallel.recompute=none", *overrides])
+
+
+SLIDING_MOE, GLOBAL_MOE = 1, 3  # kexaone layers 1 and 3: MoE, sliding window 128 | global
+
+
+def test_local_attention_memory_is_linear_in_sequence_length():
+    """The blockwise path holds no [s, s] scores: doubling s doubles every layer's bytes, and a
+    layer holds X plus the fp32 output and log-sum-exp (4*a*(d+1)/TP per token). The old
+    formula's 2*e*a*s^2/TP scores made this ratio ~2x larger at 32K."""
+    from launcher.plan import layer_activation_bytes
+
+    cfg = _local()
+    short, long = (layer_activation_bytes(cfg, s, 1) for s in (16384, 32768))
+    for i in (SLIDING_MOE, GLOBAL_MOE):
+        assert long[i] == pytest.approx(2 * short[i], rel=1e-12)
+    x = 2 * 2 * H + 2 * (HEADS + 2 * KV) * D + HEADS * D + 8 * (H + 3 * FE) + 3 * FE
+    per_token = 2 * x / 4 + 4 * HEADS / 4 * (D + 1)
+    assert short[SLIDING_MOE] == pytest.approx(16384 * per_token, rel=1e-12)
+    assert short[GLOBAL_MOE] == short[SLIDING_MOE]  # CP 1: both hold their own K/V only
+
+
+def test_context_parallel_memory_by_layer_type():
+    """Under CP4 at 32K a sliding-window layer keeps the halo-extended K/V of its two chunks
+    (s/CP + 2*127 positions), a global layer the all-gathered K/V of all s positions."""
+    from launcher.plan import layer_activation_bytes
+
+    s, cp = 32768, 4
+    per = layer_activation_bytes(_local(f"parallel.cp={cp}"), s, 1)
+    kv_per_position = 2 * 2 * KV / 4 * D  # bf16 K and V of the 2 KV heads on a TP4 rank
+    assert per[GLOBAL_MOE] - per[SLIDING_MOE] == pytest.approx(
+        kv_per_position * (s - (s / cp + 2 * 127)), rel=1e-12)
+    no_cp = layer_activation_bytes(_local(), s, 1)
+    assert per[SLIDING_MOE] == pytest.approx(
+        no_cp[SLIDING_MOE] / cp + kv_per_position * (s / cp + 2 * 127), rel=1e-12)
+    # selective recompute (core_attn) drops the attention's kept tensors, K/V included
+    sel = layer_activation_bytes(_local(f"parallel.cp={cp}", "parallel.recompute=selective"), s, 1)
+    assert sel[SLIDING_MOE] == sel[GLOBAL_MOE] < per[SLIDING_MOE]
+
+
+def test_a_window_longer_than_a_chunk_all_gathers_and_warns():
+    from launcher.plan import cp_exchange, layer_activation_bytes
+
+    cfg = _local("parallel.cp=2")
+    assert cp_exchange(cfg, 256)[:4] == ["all_gather"] * 4  # chunk 64 < 127 halo keys
+    assert cp_exchange(cfg, 512)[:4] == ["halo", "halo", "halo", "all_gather"]  # chunk 128
+    per = layer_activation_bytes(cfg, 256, 1)
+    assert per[SLIDING_MOE] == per[GLOBAL_MOE]
+    plan = make_plan(cfg, 128, gpus_per_node=8, seq_len_tokens=256)
+    assert any("all-gather K/V instead of the halo" in w for w in plan["warnings"])
+
+
+def test_transformer_engine_attention_keeps_the_flash_accounting(kexaone):
+    """kexaone_236b (FP8, Transformer Engine): no local-attention terms, every layer type
+    alike, and under CP its sliding-window layers are planned as all-gathers (warned)."""
+    from launcher.plan import cp_exchange, layer_activation_bytes
+
+    cfg = load_for_plan("kexaone_236b", ["parallel.recompute=none", "parallel.cp=2"])
+    per = layer_activation_bytes(cfg, 32768, 1)
+    x = 2 * 2 * H + 2 * (HEADS + 2 * KV) * D + HEADS * D + 8 * (H + 3 * FE) + 3 * FE
+    assert per[SLIDING_MOE] == per[GLOBAL_MOE] == pytest.approx(2 * 16384 * x / 4, rel=1e-12)
+    assert set(cp_exchange(cfg, 32768)) == {"all_gather"}
+
+
+def test_the_plans_halo_rule_is_the_attentions():
+    """`plan.cp_exchange` restates `parallel.halo.halo_fits` (which imports torch, and the plan
+    must not): both agree on when a sliding-window layer exchanges a halo."""
+    import dataclasses
+
+    from exaone_train.parallel.halo import halo_fits
+    from launcher.plan import cp_exchange
+
+    base = _local()
+    for cp in (2, 4, 8):
+        cfg = dataclasses.replace(base, parallel=dataclasses.replace(base.parallel, cp=cp))
+        for seq in (2 * cp, 252 * cp, 254 * cp, 256 * cp, 1024 * cp):  # a chunk of 127 at 254
+            assert (cp_exchange(cfg, seq)[0] == "halo") == halo_fits(seq // cp, 127), (cp, seq)
