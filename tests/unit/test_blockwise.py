@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from exaone_train.model import blockwise as bw
 from exaone_train.model.blockwise import Visibility, blockwise_attention
 from launcher.plan import blockwise_saved_bytes_per_token
 
@@ -52,13 +53,17 @@ def _case(s_k: int, q_pos: torch.Tensor, window: int | None, docs: bool) -> tupl
     (77, None, None, True),          # global + documents
     (96, "cp", 20, True),            # CP-like queries: chunks 0 and 3 of 4, window crosses
 ])
-def test_blockwise_matches_dense_softmax_outputs_and_grads(s_k, q_slice, window, docs):
+# cpu: PyTorch's flash CPU kernel per query block (what runs here); loop: the torch tile loop
+# (what other devices run), called directly so CPU covers it too
+@pytest.mark.parametrize("path", ["cpu", "loop"])
+def test_blockwise_matches_dense_softmax_outputs_and_grads(s_k, q_slice, window, docs, path):
     q_pos = torch.arange(s_k) if q_slice is None else \
         torch.cat([torch.arange(0, s_k // 4), torch.arange(3 * s_k // 4, s_k)])
     q, k, v, vis = _case(s_k, q_pos, window, docs)
     scale = D**-0.5
     grad = torch.randn(q.shape, dtype=q.dtype)
-    out = blockwise_attention(q, k, v, vis, scale)
+    out = blockwise_attention(q, k, v, vis, scale) if path == "cpu" else \
+        bw._BlockwiseAttention.apply(q, k, v, vis, scale)
     got = torch.autograd.grad(out, (q, k, v), grad)
     ref = _reference(q, k, v, vis, scale)
     want = torch.autograd.grad(ref, (q, k, v), grad)
