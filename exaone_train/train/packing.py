@@ -19,6 +19,10 @@ the local path masks with), each document of each sample becomes one sequence of
   the LM loss is the local path's; the MTP roll stops at each sequence's end (the local path
   rolls across documents), so the MTP loss drops the cross-document predictions.
 - Positions restart per document (megatron's THD RoPE does the same from cu_seqlens).
+- `padding_mask` (True = padding) goes to GPTModel, whose MoE routers leave padding out of
+  the aux / z losses and the expert-bias counts (megatron-core 0.16.1's `padding_mask`).
+  The pack is one row, so the sequence-level aux loss sees a micro-batch's samples as one
+  sequence (the same with micro_batch_samples=1, as K-EXAONE's recipe has).
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ def padded_lengths(lengths: torch.Tensor, cp_size: int, tp_split: int) -> torch.
 def pack_thd(fields: dict[str, torch.Tensor], document_ids: torch.Tensor, cp_size: int,
              cp_rank: int, tp_split: int = 1) -> tuple[dict[str, torch.Tensor], PackedSeqParams]:
     """`fields` ([b, s] each: input_ids, labels, loss_mask; position_ids is rebuilt) as one
-    packed row [1, T / cp] of this CP rank's tokens, and the PackedSeqParams of the whole
-    pack (every CP rank gets the same)."""
+    packed row [1, T / cp] of this CP rank's tokens, with `padding_mask` (True = padding), and
+    the PackedSeqParams of the whole pack (every CP rank gets the same)."""
     runs = document_runs(document_ids)
     lengths = torch.bincount(runs)
     padded = padded_lengths(lengths, cp_size, tp_split)
@@ -68,6 +72,7 @@ def pack_thd(fields: dict[str, torch.Tensor], document_ids: torch.Tensor, cp_siz
         packed[name] = flat.new_zeros(total).index_copy_(0, dest, flat)
     sequence = torch.repeat_interleave(torch.arange(padded.numel()), padded)
     packed["position_ids"] = torch.arange(total) - cu[sequence]
+    packed["padding_mask"] = torch.ones(total, dtype=torch.bool).index_fill_(0, dest, False)
     if cp_size > 1:
         index = thd_partitioned_indices(cu, total, cp_size, cp_rank)
         packed = {k: v.index_select(0, index) for k, v in packed.items()}

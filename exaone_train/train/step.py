@@ -35,7 +35,8 @@ class Batch:
 
     Packed (THD, the Transformer Engine path with document masks; `train.packing`): the
     tensors are one row [1, T/cp] of this CP rank's part of every document, no
-    `attention_mask`, and `packed_seq_params` holds the pack's cu_seqlens."""
+    `attention_mask`, `packed_seq_params` holds the pack's cu_seqlens and `padding_mask` its
+    padding (left out of MoE routing statistics)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -43,6 +44,7 @@ class Batch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None  # [b, s] int32 document ids, global order (all ranks)
     packed_seq_params: PackedSeqParams | None = None
+    padding_mask: torch.Tensor | None = None  # THD packs: [1, T/cp] bool, True = padding
 
     def to(self, device: torch.device) -> Batch:
         """The same micro-batch on `device` (megatron-LM's get_batch moves each one to the GPU
@@ -108,7 +110,8 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def _forward_step(data_iterator: Iterator[Batch], model):
     b = next(data_iterator).to(state.device())
     output = model(b.input_ids, b.position_ids, b.attention_mask, labels=b.labels,
-                   loss_mask=b.loss_mask, packed_seq_params=b.packed_seq_params)
+                   loss_mask=b.loss_mask, packed_seq_params=b.packed_seq_params,
+                   padding_mask=b.padding_mask)
     return output, partial(_loss_func, b.loss_mask)
 
 

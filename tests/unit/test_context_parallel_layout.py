@@ -113,7 +113,7 @@ def test_thd_pack_holds_the_documents_the_local_path_masks(cp, tp_split):
     assert bool((lengths % (2 * cp if cp > 1 else 1) == 0).all()) and total % (cp * tp_split) == 0
     # the pack in global order: undo the CP partition (every rank holds T / cp tokens)
     pack = {}
-    for name in ("input_ids", "labels", "loss_mask", "position_ids"):
+    for name in ("input_ids", "labels", "loss_mask", "position_ids", "padding_mask"):
         flat = torch.zeros(total, dtype=getattr(parts[0], name).dtype)
         for r, part in enumerate(parts):
             assert part.packed_seq_params.cu_seqlens_q.tolist() == cu.tolist()
@@ -132,6 +132,7 @@ def test_thd_pack_holds_the_documents_the_local_path_masks(cp, tp_split):
     assert torch.equal(pack["input_ids"][real], local.input_ids.reshape(-1))
     assert torch.equal(pack["labels"][real], local.labels.reshape(-1))
     assert bool((pack["labels"][~real] == 0).all() and (pack["input_ids"][~real] == 0).all())
+    assert torch.equal(pack["padding_mask"], ~real)  # what the MoE routers leave out
     # real tokens before padding inside each sequence (causal attention never sees padding)
     assert bool((pack["position_ids"][real] < lengths[sequence][real]).all())
     docs = local.attention_mask.long()
