@@ -3,8 +3,6 @@ path, the value and the rule. Nothing is silently changed."""
 
 from __future__ import annotations
 
-import importlib.util
-
 from data_pipeline.config import validate_stage
 from exaone_train.config.schema import (
     CheckpointConfig,
@@ -14,6 +12,7 @@ from exaone_train.config.schema import (
     RecipeConfig,
 )
 from exaone_train.errors import ConfigError
+from exaone_train.model import backend
 from exaone_train.model.layout import SLIDING, layer_types
 from exaone_train.optim.config import validate_optim
 
@@ -194,7 +193,7 @@ def validate_precision(prec: PrecisionConfig, require_te_installed: bool = True)
     _require(prec.transformer_impl in ("auto", "local", "transformer_engine"),
              "precision.transformer_impl", prec.transformer_impl,
              "must be auto | local | transformer_engine")
-    te = importlib.util.find_spec("transformer_engine") is not None or not require_te_installed
+    te = backend.transformer_engine_installed() or not require_te_installed
     if prec.fp8 is not None:
         _require(prec.fp8 in _FP8_RECIPES, "precision.fp8", prec.fp8,
                  f"must be null or one of {_FP8_RECIPES}")
@@ -269,14 +268,15 @@ def validate_context_parallel(cfg: RecipeConfig, local: bool) -> None:
 
 def validate_backend(cfg: RecipeConfig) -> None:
     """What the trainer can run here (the planner may still lay out other layouts)."""
-    te = importlib.util.find_spec("transformer_engine") is not None
-    local = cfg.precision.transformer_impl == "local" or not te
+    local = cfg.precision.transformer_impl == "local" or not backend.transformer_engine_installed()
     if cfg.parallel.cp > 1:
         validate_context_parallel(cfg, local)
-    if not local and cfg.train.document_attention_mask:
-        raise ConfigError("train.document_attention_mask", True,
-                          "is not yet supported on the Transformer Engine path (needs packed "
-                          "THD sequences); set it to false there")
+    if not local and cfg.train.document_attention_mask and cfg.parallel.cp > 1:
+        # document masks on TE are packed THD batches (train/packing.py); TE's a2a+p2p
+        # (hierarchical) context parallelism has no THD
+        _require(cfg.parallel.cp_comm_type != "a2a+p2p", "parallel.cp_comm_type",
+                 cfg.parallel.cp_comm_type, "Transformer Engine has no packed (THD) sequences "
+                 "with 'a2a+p2p', which train.document_attention_mask=true needs on this path")
 
 
 def validate(cfg: RecipeConfig, runnable_here: bool = True, reads_train_data: bool = True) -> None:

@@ -11,7 +11,7 @@ import torch
 from megatron.core import parallel_state
 
 from exaone_train.curriculum.config import ValidationConfig
-from exaone_train.train.step import collate, forward_backward
+from exaone_train.train.step import collate, forward_backward, thd_tp_split
 
 if TYPE_CHECKING:
     from exaone_train.config.schema import RecipeConfig
@@ -52,8 +52,9 @@ def validation_loss(trainer: Any, v: ValidationConfig, dataset: Any) -> float:
     mb = v.micro_batch_samples
     cp_size = parallel_state.get_context_parallel_world_size()
     cp_rank = parallel_state.get_context_parallel_rank()
+    thd = thd_tp_split(trainer.cfg)
     batches = [collate([dataset[i] for i in mine[k:k + mb]], t.document_attention_mask,
-                       cp_size, cp_rank) for k in range(0, len(mine), mb)]
+                       cp_size, cp_rank, thd) for k in range(0, len(mine), mb)]
     seq = len(dataset[v.first_sample].loss_mask)
     modes = [chunk.training for chunk in trainer.model]
     for chunk in trainer.model:

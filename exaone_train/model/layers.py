@@ -83,6 +83,7 @@ class LocalCoreAttention(MegatronModule):
     """
 
     blockwise = True  # False: the dense reference path (bench/attention_memory.py compares)
+    halo_exchange = True  # False: sliding layers all-gather K/V too (bench/cp_traffic.py)
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type,
                  attention_type: str = "self", attention_dropout: float | None = None,
@@ -105,11 +106,11 @@ class LocalCoreAttention(MegatronModule):
         """K/V this rank attends to under CP and their global positions: halo or all-gather."""
         group, local_len = self.cp_group, key.shape[0]
         halo = self.window_left
-        if halo is not None and halo_fits(local_len, halo):
+        if halo is not None and self.halo_exchange and halo_fits(local_len, halo):
             kv, k_pos = exchange_halo(torch.cat([key, value], dim=-1), halo, group)
             k, v = kv.split([key.shape[-1], value.shape[-1]], dim=-1)
             return k, v, k_pos
-        if halo is not None and halo > 0:
+        if halo is not None and halo > 0 and self.halo_exchange:
             _warn_halo_fallback(halo, local_len // 2)
         k, v = gather_sequence(key, group), gather_sequence(value, group)
         return k, v, torch.arange(k.shape[0], device=key.device)

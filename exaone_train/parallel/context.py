@@ -61,3 +61,28 @@ def gather_sequence(t_S: torch.Tensor, group) -> torch.Tensor:
     gathered = gather_from_sequence_parallel_region(t_S, tensor_parallel_output_grad=True,
                                                     group=group)
     return gathered.index_select(0, _global_order(t_S.shape[0], cp_size, t_S.device))
+
+
+def thd_partitioned_indices(cu_seqlens_padded: torch.Tensor, total_tokens: int, cp_size: int,
+                            cp_rank: int) -> torch.Tensor:
+    """The packed (THD) tokens CP rank `cp_rank` holds, in its local order: the load-balanced
+    layout applied to EVERY sequence of the pack (sequence i, of padded length L_i, in 2*cp
+    chunks of L_i / (2*cp); this rank takes chunks r and 2*cp-1-r of each, sequence after
+    sequence). A torch port of Transformer Engine's `thd_get_partitioned_indices` (CUDA only),
+    which megatron-core's `get_thd_batch_on_this_cp_rank` calls."""
+    cu = cu_seqlens_padded.long().cpu()
+    lengths = cu[1:] - cu[:-1]
+    if int(cu[-1]) != total_tokens:
+        raise ValueError(f"cu_seqlens_padded ends at {int(cu[-1])}, the pack holds {total_tokens}")
+    if bool((lengths % (2 * cp_size)).any()):
+        raise ValueError(f"every padded sequence length must be divisible by 2*cp={2 * cp_size}: "
+                         f"{lengths.tolist()}")
+    if not 0 <= cp_rank < cp_size:
+        raise ValueError(f"cp_rank={cp_rank} is not in [0, {cp_size})")
+    chunk = lengths // (2 * cp_size)  # per sequence
+    seq = torch.repeat_interleave(torch.arange(lengths.numel()), 2 * chunk)
+    local_start = torch.cumsum(2 * chunk, 0) - 2 * chunk
+    index = torch.arange(total_tokens // cp_size) - local_start[seq]  # within this rank's part
+    second = index >= chunk[seq]
+    block = torch.where(second, 2 * cp_size - 1 - cp_rank, cp_rank)
+    return cu[seq] + block * chunk[seq] + index - second.long() * chunk[seq]

@@ -42,42 +42,48 @@ def _exchange(sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Ten
     BYTES_SENT[kind] += sum(t.numel() * t.element_size() for t, _ in sends)
 
 
+def _halo_sizes(rank: int, size: int, halo: int) -> tuple[int, int]:
+    """Keys received before this rank's first and second chunk (rank 0's chunk 0 has no
+    predecessor; rank cp-1's second chunk follows its own first, so those keys are here)."""
+    return (halo if rank > 0 else 0), (halo if rank < size - 1 else 0)
+
+
 class _HaloExchange(torch.autograd.Function):
+    """[s_local, ...] -> [halo_1 + chunk_1 + halo_2 + chunk_2, ...] in one buffer: the halos
+    are received straight into it and its gradient is read straight from it (no copies of
+    the halos, no per-slice gradient buffers)."""
+
     @staticmethod
     def forward(ctx, t_S: torch.Tensor, halo: int, group):
         rank, size, chunk = group.rank(), group.size(), t_S.shape[0] // 2
-        first_tail, second_tail = t_S[chunk - halo:chunk], t_S[2 * chunk - halo:]
-        halo_first = t_S.new_empty((halo if rank > 0 else 0,) + t_S.shape[1:])
-        # rank cp-1's second chunk follows its first: those keys are here already
-        halo_second = t_S.new_empty((halo if rank < size - 1 else 0,) + t_S.shape[1:])
+        h1, h2 = _halo_sizes(rank, size, halo)
+        out = t_S.new_empty((2 * chunk + h1 + h2,) + t_S.shape[1:])
+        out[h1:h1 + chunk] = t_S[:chunk]
+        out[h1 + chunk + h2:] = t_S[chunk:]
         sends, recvs = [], []
-        if rank < size - 1:
-            sends.append((first_tail, rank + 1))
-            recvs.append((halo_second, rank + 1))
-        if rank > 0:
-            sends.append((second_tail, rank - 1))
-            recvs.append((halo_first, rank - 1))
+        if rank < size - 1:  # my first chunk's tail -> r+1; r+1's tail is my second's halo
+            sends.append((t_S[chunk - halo:chunk], rank + 1))
+            recvs.append((out[h1 + chunk:h1 + chunk + h2], rank + 1))
+        if rank > 0:  # my second chunk's tail -> r-1; r-1's tail is my first's halo
+            sends.append((t_S[2 * chunk - halo:], rank - 1))
+            recvs.append((out[:h1], rank - 1))
         _exchange(sends, recvs, group, "halo")
-        ctx.halo, ctx.group, ctx.shape = halo, group, t_S.shape
-        ctx.dtype, ctx.device = t_S.dtype, t_S.device
-        return halo_first, halo_second
+        ctx.halo, ctx.group = halo, group
+        return out
 
     @staticmethod
-    def backward(ctx, grad_first, grad_second):
+    def backward(ctx, grad_out):
         rank, size, halo, group = ctx.group.rank(), ctx.group.size(), ctx.halo, ctx.group
-        chunk = ctx.shape[0] // 2
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
-        if grad_first is None:  # an unused output's gradient is zero
-            grad_first = grad.new_zeros((halo if rank > 0 else 0,) + ctx.shape[1:])
-        if grad_second is None:
-            grad_second = grad.new_zeros((halo if rank < size - 1 else 0,) + ctx.shape[1:])
+        h1, h2 = _halo_sizes(rank, size, halo)
+        chunk = (grad_out.shape[0] - h1 - h2) // 2
+        grad = torch.cat([grad_out[h1:h1 + chunk], grad_out[h1 + chunk + h2:]])
         sends, recvs = [], []
-        if rank > 0:
-            sends.append((grad_first, rank - 1))
-            recvs.append((grad.new_empty((halo,) + ctx.shape[1:]), rank - 1))
+        if rank > 0:  # my first halo's gradient goes back to r-1, r-1 returns my second tail's
+            sends.append((grad_out[:h1], rank - 1))
+            recvs.append((grad.new_empty((halo,) + grad.shape[1:]), rank - 1))
         if rank < size - 1:
-            sends.append((grad_second, rank + 1))
-            recvs.append((grad.new_empty((halo,) + ctx.shape[1:]), rank + 1))
+            sends.append((grad_out[h1 + chunk:h1 + chunk + h2], rank + 1))
+            recvs.append((grad.new_empty((halo,) + grad.shape[1:]), rank + 1))
         _exchange(sends, recvs, group, "halo")
         for buf, peer in recvs:  # from r-1: my second tail's; from r+1: my first tail's
             start = 2 * chunk - halo if peer == rank - 1 else chunk - halo
@@ -91,11 +97,8 @@ def exchange_halo(t_S: torch.Tensor, halo: int, group) -> tuple[torch.Tensor, to
     size, rank, chunk = group.size(), group.rank(), t_S.shape[0] // 2
     if not halo_fits(t_S.shape[0], halo):
         raise ValueError(f"halo of {halo} tokens does not fit a chunk of {chunk}")
-    halo_first, halo_second = _HaloExchange.apply(t_S, halo, group)
-    parts = [halo_first, t_S[:chunk], halo_second, t_S[chunk:]]
+    h1, h2 = _halo_sizes(rank, size, halo)
     starts = [rank * chunk, (2 * size - 1 - rank) * chunk]
-    pos = [torch.arange(starts[0] - halo_first.shape[0], starts[0]),
-           torch.arange(starts[0], starts[0] + chunk),
-           torch.arange(starts[1] - halo_second.shape[0], starts[1]),
-           torch.arange(starts[1], starts[1] + chunk)]
-    return torch.cat(parts), torch.cat(pos).to(t_S.device)
+    pos = torch.cat([torch.arange(starts[0] - h1, starts[0] + chunk),
+                     torch.arange(starts[1] - h2, starts[1] + chunk)])
+    return _HaloExchange.apply(t_S, halo, group), pos.to(t_S.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -13,12 +13,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from exaone_train.optim.clip import clip_grad_norm_ as _clip
 from exaone_train.optim.clip import grad_norm as _grad_norm
 from exaone_train.parallel import state
 from exaone_train.parallel.context import slice_for_cp_rank
+from exaone_train.train.packing import pack_thd
 
 
 @dataclass
@@ -28,25 +31,50 @@ class Batch:
     Under context parallelism the tensors hold this CP rank's load-balanced part of the
     sequence (`exaone_train.parallel.context`), except `attention_mask`: the document ids of
     every position in global order, [b, s], from which the attention builds its masks tile by
-    tile (no [s/cp, s] mask is ever built)."""
+    tile (no [s/cp, s] mask is ever built).
+
+    Packed (THD, the Transformer Engine path with document masks; `train.packing`): the
+    tensors are one row [1, T/cp] of this CP rank's part of every document, no
+    `attention_mask`, `packed_seq_params` holds the pack's cu_seqlens and `padding_mask` its
+    padding (left out of MoE routing statistics)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
     attention_mask: torch.Tensor | None  # [b, s] int32 document ids, global order (all ranks)
+    packed_seq_params: PackedSeqParams | None = None
+    padding_mask: torch.Tensor | None = None  # THD packs: [1, T/cp] bool, True = padding
 
     def to(self, device: torch.device) -> Batch:
         """The same micro-batch on `device` (megatron-LM's get_batch moves each one to the GPU
         in the forward step, so a step's micro-batches are never all resident at once)."""
-        return Batch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                        for k, v in vars(self).items()})
+        def move(v):
+            return v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+
+        moved = {k: move(v) for k, v in vars(self).items()}
+        if self.packed_seq_params is not None:  # TE reads cu_seqlens on the GPU
+            moved["packed_seq_params"] = replace(self.packed_seq_params, **{
+                k: move(v) for k, v in vars(self.packed_seq_params).items()})
+        return Batch(**moved)
+
+
+def thd_tp_split(cfg) -> int | None:
+    """None: micro-batches of [b, s] samples (the local path masks documents itself). Else
+    THD packs for Transformer Engine's attention (document masks on the TE path); the value
+    is what each CP rank's tokens split over (parallel.tp under sequence parallelism)."""
+    from exaone_train.model.builder import use_transformer_engine
+
+    if not cfg.train.document_attention_mask or not use_transformer_engine(cfg.precision):
+        return None
+    return cfg.parallel.tp if cfg.parallel.sequence_parallel else 1
 
 
 def collate(samples: Sequence[Any], document_mask: bool, cp_size: int = 1,
-            cp_rank: int = 0) -> Batch:
+            cp_rank: int = 0, thd_tp_split: int | None = None) -> Batch:
     """Stack data-pipeline samples (tokens [s+1], loss_mask, document_ids) and keep CP rank
-    `cp_rank`'s part of the sequence (megatron-LM's get_batch_on_this_cp_rank).
+    `cp_rank`'s part of the sequence (megatron-LM's get_batch_on_this_cp_rank), or, with
+    `thd_tp_split` (`thd_tp_split(cfg)`) and document masks, pack them THD (`train.packing`).
 
     Positions are the sample's own 0..s-1: megatron's GPTModel ignores `position_ids` under
     RoPE, and RoPE scores depend on i - j only, so with the document mask (attention never
@@ -55,6 +83,11 @@ def collate(samples: Sequence[Any], document_mask: bool, cp_size: int = 1,
     docs = torch.from_numpy(np.stack([s.document_ids for s in samples]))
     pos = torch.arange(tokens.shape[1] - 1).unsqueeze(0).expand(len(samples), -1)
     loss_mask = torch.from_numpy(np.stack([s.loss_mask for s in samples])).float()
+
+    if document_mask and thd_tp_split is not None:
+        fields = dict(input_ids=tokens[:, :-1], labels=tokens[:, 1:], loss_mask=loss_mask)
+        packed, params = pack_thd(fields, docs, cp_size, cp_rank, thd_tp_split)
+        return Batch(**packed, attention_mask=None, packed_seq_params=params)
 
     def local(t: torch.Tensor) -> torch.Tensor:
         return slice_for_cp_rank(t.contiguous(), 1, cp_size, cp_rank)
@@ -77,7 +110,8 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def _forward_step(data_iterator: Iterator[Batch], model):
     b = next(data_iterator).to(state.device())
     output = model(b.input_ids, b.position_ids, b.attention_mask, labels=b.labels,
-                   loss_mask=b.loss_mask)
+                   loss_mask=b.loss_mask, packed_seq_params=b.packed_seq_params,
+                   padding_mask=b.padding_mask)
     return output, partial(_loss_func, b.loss_mask)
 
 
@@ -117,6 +151,8 @@ def forward_backward(model_chunks: list, batches: list[Batch], seq_length: int,
     """Run megatron-core's schedule (no pipelining / 1F1B / interleaved) over `batches`."""
     fb = get_forward_backward_func()
     reset_moe_aux_scale()
+    if batches and batches[0].packed_seq_params is not None:
+        seq_length, micro_batch = _packed_shape(model_chunks, batches)
     n_chunks = len(model_chunks)
     iterators = [iter(batches) for _ in range(n_chunks)]
     losses = fb(forward_step_func=_forward_step,
@@ -125,6 +161,15 @@ def forward_backward(model_chunks: list, batches: list[Batch], seq_length: int,
                 num_microbatches=len(batches), seq_length=seq_length,
                 micro_batch_size=micro_batch, forward_only=forward_only)
     return _global_mean_loss(losses if parallel_state.is_pipeline_last_stage() else [])
+
+
+def _packed_shape(model_chunks: list, batches: list[Batch]) -> tuple[int, int]:
+    """THD packs are one row of T tokens, T varying with the documents' padding under CP: the
+    pipeline then sends each message's shape first (megatron's `variable_seq_lengths`)."""
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        get_model_config(model_chunks[0]).variable_seq_lengths = True
+    cp = parallel_state.get_context_parallel_world_size()
+    return batches[0].input_ids.shape[1] * cp, 1
 
 
 def train_step(model_chunks: list, optimizer, batches: list[Batch], seq_length: int,

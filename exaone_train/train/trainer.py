@@ -23,7 +23,7 @@ from exaone_train.model.counts import training_flops_per_token
 from exaone_train.parallel import state
 from exaone_train.train import callbacks as cb
 from exaone_train.train.run_dir import prepare_run_dir
-from exaone_train.train.step import StepResult, collate, train_step
+from exaone_train.train.step import StepResult, collate, thd_tp_split, train_step
 
 log = logging.getLogger("exaone_train")
 RESULTS_KEPT = 10_000
@@ -229,8 +229,9 @@ class Trainer:
         mb = t.micro_batch_samples
         cp_size = parallel_state.get_context_parallel_world_size()
         cp_rank = parallel_state.get_context_parallel_rank()
+        thd = thd_tp_split(self.cfg)
         return [collate([self.data[i] for i in mine[k:k + mb]], t.document_attention_mask,
-                        cp_size, cp_rank) for k in range(0, len(mine), mb)]
+                        cp_size, cp_rank, thd) for k in range(0, len(mine), mb)]
 
     def done(self) -> bool:
         t = self.cfg.train

@@ -155,3 +155,33 @@ def test_gpu_fp8_test_reads_synthetic_data(tmp_path):
     assert cfg.train.data_source == "synthetic"
     sample = build_data(cfg)[0]
     assert len(sample.tokens) == cfg.train.seq_length_tokens + 1
+
+
+# ---- issue 17 item 1: document masks on the TE path are packed THD batches -------------------
+def test_kexaone_with_document_masks_validates_on_the_te_path(monkeypatch):
+    """Where Transformer Engine is installed, the headline recipe (FP8, hence TE, and document
+    masks) passes validate(): documents become THD packs (train/packing.py). TE's a2a+p2p
+    context parallelism has no THD: a ConfigError naming the field."""
+    from exaone_train.config.validate import validate
+    from exaone_train.model import backend
+    from exaone_train.train.step import thd_tp_split
+
+    monkeypatch.setattr(backend, "transformer_engine_installed", lambda: True)
+    cfg = to_object(compose_recipe("kexaone_236b", []))
+    assert cfg.train.document_attention_mask and cfg.precision.fp8 is not None
+    validate(cfg, reads_train_data=False)
+    overrides = ["precision.transformer_impl=transformer_engine", "parallel.cp=2",
+                 "parallel.cp_comm_type=a2a+p2p", "model.attention_pattern=GGGG",
+                 "model.sliding_window_tokens=null"]
+    full_attention = to_object(compose_recipe("tiny_cpu", overrides))
+    with pytest.raises(ConfigError, match=r"parallel\.cp_comm_type.*a2a\+p2p.*THD"):
+        validate(full_attention, reads_train_data=False)
+    validate(to_object(compose_recipe("tiny_cpu", overrides[:-3] + ["parallel.cp_comm_type=a2a"])),
+             reads_train_data=False)
+    # the trainer packs THD exactly where the TE layers run with document masks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert thd_tp_split(cfg) == cfg.parallel.tp  # sequence parallel: T/cp splits over TP
+    assert thd_tp_split(to_object(compose_recipe("kexaone_236b", [
+        "train.document_attention_mask=false"]))) is None
+    assert thd_tp_split(to_object(compose_recipe("tiny_cpu", [
+        "precision.transformer_impl=local"]))) is None
