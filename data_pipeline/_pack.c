@@ -175,8 +175,8 @@ int64_t exaone_pack(const int32_t *lengths, const int64_t *order, int64_t n_docs
     return ok ? s.n_closed : -1;
 }
 
-/* numpy's Generator.shuffle of a 1-d int64 array (random_interval, then a swap, for i = n-1
- * down to 1), drawing from the caller's bit generator through its ctypes interface, so the
+/* numpy's Generator.permutation(n): arange(n), then its shuffle (random_interval, then a
+ * swap, for i = n-1 down to 1), drawing from the caller's bit generator through its ctypes interface, so the
  * result and the generator's state afterwards are numpy's own; the AHEAD next draws are made
  * in advance to prefetch the elements they will swap (the swaps are cache misses). */
 typedef uint32_t (*next32_fn)(void *);
@@ -196,6 +196,7 @@ static uint64_t random_interval(void *st, next32_fn n32, next64_fn n64, uint64_t
 
 void exaone_shuffle(int64_t *data, int64_t n, void *st, next32_fn n32, next64_fn n64) {
     int64_t ring[AHEAD];
+    for (int64_t i = 0; i < n; ++i) data[i] = i;  /* numpy's permutation(n) shuffles arange(n) */
     for (int64_t t = 0; t < AHEAD && n - 1 - t >= 1; ++t) {
         ring[t] = (int64_t)random_interval(st, n32, n64, (uint64_t)(n - 1 - t));
         __builtin_prefetch(&data[ring[t]], 1);

@@ -118,12 +118,13 @@ class _Component:
                                        tuple(map(str, self.prefixes)))
 
     def _packed_index(self, cfg: StageDataConfig, where: str) -> PackedIndex:
-        def build() -> tuple[dict, dict]:
+        def build(alloc) -> tuple[dict, dict]:
             table = self._table()
             n = len(table.length)
             order = permutation(np.random.default_rng(derive_seed(
                 self.seed, cfg.name, self.name, "docs")), n) if cfg.shuffle else np.arange(n)
-            ix = pack(table, order, cfg.seq_length, cfg.long_doc_policy, cfg.pack_open_bins, where)
+            ix = pack(table, order, cfg.seq_length, cfg.long_doc_policy, cfg.pack_open_bins,
+                      where, alloc=alloc)
             return ({f: getattr(ix, f) for f in PACKED_ARRAYS},
                     {f: getattr(ix, f) for f in PACKED_COUNTS})
 
@@ -140,9 +141,10 @@ class _Component:
         return self.index.num_samples
 
     def _epoch_permutation(self, epoch: int) -> np.ndarray:
-        def build() -> tuple[dict, dict]:
+        def build(alloc) -> tuple[dict, dict]:
             rng = np.random.default_rng(derive_seed(self.seed, self.stage, self.name, "epoch", epoch))
-            return {"perm": permutation(rng, self.num_samples)}, {}
+            n = self.num_samples
+            return {"perm": permutation(rng, n, alloc("perm", n, np.int64))}, {}
 
         inputs = {**self._inputs, "epoch": epoch, "num_samples": self.num_samples}
         return load_or_build(self.cache_dir, self._entry(f"epoch{epoch}"), inputs, build)[0]["perm"]

@@ -64,11 +64,15 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+def permutation(rng: np.random.Generator, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """`rng.permutation(n)`, the same int64 array and the same generator state afterwards
     (numpy's own shuffle algorithm, drawing from `rng`'s bit generator), but with the swaps'
-    memory prefetched: several times faster once the array outgrows the CPU caches."""
-    out = np.arange(n, dtype=np.int64)
+    memory prefetched: several times faster once the array outgrows the CPU caches. Written
+    into `out` (int64 [n]) when given."""
+    if out is None:
+        out = np.empty(n, dtype=np.int64)
+    if out.shape != (n,) or out.dtype != np.int64 or not out.flags.c_contiguous:
+        raise ValueError(f"permutation: out must be a contiguous int64 array of {n}")
     bitgen = rng.bit_generator
     c = bitgen.ctypes
     with bitgen.lock:

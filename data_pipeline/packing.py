@@ -79,9 +79,11 @@ def _lengths32(table: DocumentTable) -> np.ndarray:
 
 
 def pack(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
-         open_bins: int = 64, where: str = "stage") -> PackedIndex:
+         open_bins: int = 64, where: str = "stage", alloc=None) -> PackedIndex:
     """First-fit packing of `table`'s documents, taken in `order`, into samples (compiled:
-    `_pack.c`; the same samples as `pack_reference`, the algorithm's plain statement)."""
+    `_pack.c`; the same samples as `pack_reference`, the algorithm's plain statement). The
+    per-piece arrays come from `alloc(name, n, dtype)` (default `np.empty`; the index cache
+    passes one that maps its files, so the packer writes the cache in place)."""
     from data_pipeline.native import library
 
     capacity, split = seq_length + 1, policy == "split"
@@ -97,8 +99,9 @@ def pack(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
     extra = int((-(-n[long].astype(np.int64) // capacity) - 1).sum()) if split else -len(long)
     n_pieces = len(order) + extra
     offsets = table.offsets if table.offsets is not None else np.array([0, len(n)], np.int64)
-    shard, doc = np.empty(n_pieces, np.int32), np.empty(n_pieces, np.int64)
-    start, length = np.empty(n_pieces, np.int64), np.empty(n_pieces, np.int32)
+    alloc = alloc or (lambda name, n, dtype: np.empty(n, dtype))
+    shard, doc = alloc("shard", n_pieces, np.int32), alloc("doc", n_pieces, np.int64)
+    start, length = alloc("start", n_pieces, np.int64), alloc("length", n_pieces, np.int32)
     ptr = np.empty(n_pieces + 1, np.int64)
     num_samples = library().exaone_pack(n, order, len(order), np.ascontiguousarray(offsets, np.int64),
                                         len(offsets) - 1, capacity, int(split), int(open_bins),
