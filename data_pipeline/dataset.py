@@ -24,6 +24,7 @@ from data_pipeline.blend import BlendSchedule
 from data_pipeline.build import read_manifest
 from data_pipeline.config import BlendComponent, StageDataConfig, resolve_path, validate_stage
 from data_pipeline.index_cache import load_or_build
+from data_pipeline.native import permutation
 from data_pipeline.packing import DocumentTable, PackedIndex, pack
 from data_pipeline.shards import open_shard
 from data_pipeline.synth.rng import derive_seed
@@ -87,8 +88,9 @@ def _cache_dir(cfg: StageDataConfig, first_shard: Path) -> Path | None:
 
 
 def _lengths_hash(shard) -> str:
-    """Hash of a shard's document lengths: all that packing reads from it."""
-    return hashlib.blake2b(np.ascontiguousarray(shard.sequence_lengths).data, digest_size=16).hexdigest()
+    """Hash of a shard's document lengths: all that packing reads from it (sha256: with the
+    CPU's SHA instructions the fastest hashlib digest, ~2.5x blake2b)."""
+    return hashlib.sha256(np.ascontiguousarray(shard.sequence_lengths).data).hexdigest()[:32]
 
 
 class _Component:
@@ -112,20 +114,17 @@ class _Component:
         self._reported_epoch = 0
 
     def _table(self) -> DocumentTable:
-        return DocumentTable(
-            shard=np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(self.shards)]),
-            doc=np.concatenate([np.arange(len(s), dtype=np.int64) for s in self.shards]),
-            length=np.concatenate([np.asarray(s.sequence_lengths, np.int64) for s in self.shards]),
-            shard_names=tuple(map(str, self.prefixes)))
+        return DocumentTable.of_shards([np.asarray(s.sequence_lengths) for s in self.shards],
+                                       tuple(map(str, self.prefixes)))
 
     def _packed_index(self, cfg: StageDataConfig, where: str) -> PackedIndex:
-        def build() -> tuple[dict, dict]:
+        def build(alloc) -> tuple[dict, dict]:
             table = self._table()
-            order = np.arange(len(table.doc))
-            if cfg.shuffle:
-                order = np.random.default_rng(derive_seed(self.seed, cfg.name, self.name,
-                                                          "docs")).permutation(order)
-            ix = pack(table, order, cfg.seq_length, cfg.long_doc_policy, cfg.pack_open_bins, where)
+            n = len(table.length)
+            order = permutation(np.random.default_rng(derive_seed(
+                self.seed, cfg.name, self.name, "docs")), n) if cfg.shuffle else np.arange(n)
+            ix = pack(table, order, cfg.seq_length, cfg.long_doc_policy, cfg.pack_open_bins,
+                      where, alloc=alloc)
             return ({f: getattr(ix, f) for f in PACKED_ARRAYS},
                     {f: getattr(ix, f) for f in PACKED_COUNTS})
 
@@ -142,9 +141,10 @@ class _Component:
         return self.index.num_samples
 
     def _epoch_permutation(self, epoch: int) -> np.ndarray:
-        def build() -> tuple[dict, dict]:
+        def build(alloc) -> tuple[dict, dict]:
             rng = np.random.default_rng(derive_seed(self.seed, self.stage, self.name, "epoch", epoch))
-            return {"perm": rng.permutation(self.num_samples)}, {}
+            n = self.num_samples
+            return {"perm": permutation(rng, n, alloc("perm", n, np.int64))}, {}
 
         inputs = {**self._inputs, "epoch": epoch, "num_samples": self.num_samples}
         return load_or_build(self.cache_dir, self._entry(f"epoch{epoch}"), inputs, build)[0]["perm"]

@@ -28,7 +28,13 @@ from exaone_train.errors import DataError
 log = logging.getLogger(__name__)
 META = "meta.json"
 Arrays = dict[str, np.ndarray]
-Builder = Callable[[], tuple[Arrays, dict]]
+Alloc = Callable[[str, int, type], np.ndarray]  # (array name, length, dtype) -> a 1-d array to fill
+Builder = Callable[[Alloc], tuple[Arrays, dict]]
+
+
+def in_memory(name: str, n: int, dtype: type) -> np.ndarray:
+    """The `Alloc` without a cache: a plain array."""
+    return np.empty(n, dtype)
 
 
 def inputs_key(inputs: dict) -> str:
@@ -61,11 +67,27 @@ def _load(entry: Path, key: str) -> tuple[Arrays, dict] | str:
     return arrays, meta.get("info", {})
 
 
-def _write(entry: Path, key: str, inputs: dict, arrays: Arrays, info: dict) -> None:
+def _tmp_entry(entry: Path) -> tuple[Path, Alloc, Arrays]:
+    """A fresh temporary entry next to `entry`, an `Alloc` whose arrays are `.npy` files in it,
+    mapped (the builder fills them in place: no copy at the end, no anonymous memory), and
+    the arrays it handed out."""
     tmp = entry.with_name(f".{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    given: Arrays = {}
+
+    def alloc(name: str, n: int, dtype: type) -> np.ndarray:
+        given[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.dtype(dtype), (n,))
+        return given[name]
+    return tmp, alloc, given
+
+
+def _write(entry: Path, tmp: Path, given: Arrays, key: str, inputs: dict, arrays: Arrays,
+           info: dict) -> None:
     for name, arr in arrays.items():
+        if arr is given.get(name):
+            continue  # filled in place: its pages are the file's (no fsync, like np.save)
+        given.pop(name, None)  # handed out but not used: its file is replaced
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
     meta = {"key": key, "inputs": inputs, "info": info,
             "arrays": {n: [list(a.shape), a.dtype.str] for n, a in arrays.items()}}
@@ -79,11 +101,12 @@ def _write(entry: Path, key: str, inputs: dict, arrays: Arrays, info: dict) -> N
 
 def load_or_build(cache_dir: Path | None, name: str, inputs: dict,
                   build: Builder) -> tuple[Arrays, dict]:
-    """`build()`'s (arrays, info), read from `cache_dir/name` when its inputs match, else
-    built (by one process at a time), saved and read back memory-mapped. Without a cache
-    directory, or when it cannot be written, the arrays are built in memory."""
+    """`build(alloc)`'s (arrays, info), read from `cache_dir/name` when its inputs match, else
+    built (by one process at a time), saved and read back memory-mapped; arrays the builder
+    takes from `alloc` are written in place. Without a cache directory, or when it cannot be
+    written, the arrays are built in memory."""
     if cache_dir is None:
-        return build()
+        return build(in_memory)
     entry, key = cache_dir / name, inputs_key(inputs)
     found = _load(entry, key)
     if isinstance(found, tuple):
@@ -93,7 +116,7 @@ def load_or_build(cache_dir: Path | None, name: str, inputs: dict,
         lock = open(cache_dir / f"{name}.lock", "a")  # noqa: SIM115 (held across the build)
     except OSError as e:
         log.warning("index cache %s is not writable (%s): building in memory", cache_dir, e)
-        return build()
+        return build(in_memory)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = _load(entry, key)  # another process may have built it while we waited
@@ -101,9 +124,10 @@ def load_or_build(cache_dir: Path | None, name: str, inputs: dict,
             return found
         if found != "missing":
             log.warning("index cache %s is %s: rebuilding it", entry, found)
-        arrays, info = build()
-        _write(entry, key, inputs, arrays, info)
-        del arrays
+        tmp, alloc, given = _tmp_entry(entry)
+        arrays, info = build(alloc)
+        _write(entry, tmp, given, key, inputs, arrays, info)
+        del arrays, given
         found = _load(entry, key)
     if isinstance(found, str):
         raise DataError(f"index cache {entry} just written does not read back: {found}")

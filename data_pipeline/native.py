@@ -1,4 +1,4 @@
-"""The compiled packing helper (`_pack.c`), built with the system C compiler at first use.
+"""The compiled packing helpers (`_pack.c`), built with the system C compiler at first use.
 
 Like megatron-core's own dataset helpers, the source ships with the package and is compiled
 on the machine that runs it: into `$EXAONE_TRAIN_NATIVE_DIR`, else `$XDG_CACHE_HOME` (or
@@ -55,7 +55,27 @@ def library() -> ctypes.CDLL:
     if not path.is_file():
         _compile(path)
     lib = ctypes.CDLL(str(path))
-    lib.exaone_pack.restype = ctypes.c_int64
-    lib.exaone_pack.argtypes = [_i64, _i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                ctypes.c_int64, _i64, _i64, _i64, _i64, _i32, _i64]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.exaone_pack.restype = i64
+    lib.exaone_pack.argtypes = [_i32, _i64, i64, _i64, i64, i64, ctypes.c_int, i64, i64,
+                                _i32, _i64, _i64, _i32, _i64]
+    lib.exaone_shuffle.restype = None
+    lib.exaone_shuffle.argtypes = [_i64, i64, ptr, ptr, ptr]
     return lib
+
+
+def permutation(rng: np.random.Generator, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """`rng.permutation(n)`, the same int64 array and the same generator state afterwards
+    (numpy's own shuffle algorithm, drawing from `rng`'s bit generator), but with the swaps'
+    memory prefetched: several times faster once the array outgrows the CPU caches. Written
+    into `out` (int64 [n]) when given."""
+    if out is None:
+        out = np.empty(n, dtype=np.int64)
+    if out.shape != (n,) or out.dtype != np.int64 or not out.flags.c_contiguous:
+        raise ValueError(f"permutation: out must be a contiguous int64 array of {n}")
+    bitgen = rng.bit_generator
+    c = bitgen.ctypes
+    with bitgen.lock:
+        library().exaone_shuffle(out, n, c.state_address, ctypes.cast(c.next_uint32, ctypes.c_void_p),
+                                 ctypes.cast(c.next_uint64, ctypes.c_void_p))
+    return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exaone_train.errors import DataError
+from exaone_train.errors import ConfigError, DataError
 
 
 @dataclass
@@ -37,46 +37,87 @@ class PackedIndex:
 
 @dataclass(frozen=True)
 class DocumentTable:
-    """Every document of a component: shard index, document index, length in tokens."""
+    """Every document of a component: shard index, document index, length in tokens.
 
-    shard: np.ndarray
-    doc: np.ndarray
+    A table of whole shards (`of_shards`) holds only the lengths and each shard's first row
+    (`offsets`): rows are shard-major, so a row's shard and document follow from the offsets
+    and no per-document shard/document array is ever built (`shard`, `doc` are None)."""
+
+    shard: np.ndarray | None
+    doc: np.ndarray | None
     length: np.ndarray
     shard_names: tuple[str, ...]
+    offsets: np.ndarray | None = None  # int64 [shards + 1]: shard s holds rows offsets[s]:offsets[s+1]
+
+    @classmethod
+    def of_shards(cls, lengths: list[np.ndarray], shard_names: tuple[str, ...]) -> DocumentTable:
+        """The table of whole shards, rows in shard order (one shard's lengths are not copied)."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in lengths])
+        length = lengths[0] if len(lengths) == 1 else np.concatenate(lengths)
+        return cls(None, None, length, shard_names, offsets)
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard int32, document int64) of table rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.offsets is None:
+            return (np.asarray(self.shard)[rows].astype(np.int32, copy=False),
+                    np.asarray(self.doc)[rows].astype(np.int64, copy=False))
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        return shard.astype(np.int32), rows - self.offsets[shard]
+
+
+def _lengths32(table: DocumentTable) -> np.ndarray:
+    """The table's lengths as the int32 array the compiled packer reads (megatron's dtype)."""
+    n = np.asarray(table.length)
+    if n.dtype != np.int32:
+        if len(n) and (int(n.min()) < 0 or int(n.max()) > np.iinfo(np.int32).max):
+            raise DataError(f"document lengths must be in [0, 2**31) tokens, found "
+                            f"{int(n.min())}..{int(n.max())} ({table.shard_names[0]}...)")
+        n = n.astype(np.int32)
+    return np.ascontiguousarray(n)
 
 
 def pack(table: DocumentTable, order: np.ndarray, seq_length: int, policy: str,
-         open_bins: int = 64, where: str = "stage") -> PackedIndex:
+         open_bins: int = 64, where: str = "stage", alloc=None) -> PackedIndex:
     """First-fit packing of `table`'s documents, taken in `order`, into samples (compiled:
-    `_pack.c`; the same samples as `pack_reference`, the algorithm's plain statement)."""
+    `_pack.c`; the same samples as `pack_reference`, the algorithm's plain statement). The
+    per-piece arrays come from `alloc(name, n, dtype)` (default `np.empty`; the index cache
+    passes one that maps its files, so the packer writes the cache in place)."""
     from data_pipeline.native import library
 
     capacity, split = seq_length + 1, policy == "split"
+    if capacity > np.iinfo(np.int32).max:
+        raise ConfigError(f"{where}.seq_length", seq_length, "must be below 2**31 - 1")
     order = np.ascontiguousarray(order, dtype=np.int64)
-    n = np.ascontiguousarray(table.length, dtype=np.int64)[order]
-    long = np.flatnonzero(n > capacity)
+    n = _lengths32(table)
+    long = np.flatnonzero(n > capacity)  # which documents are long does not depend on order
     if policy == "error" and len(long):
-        _too_long(table, int(order[long[0]]), capacity, where)
-    extra = int((-(-n[long] // capacity) - 1).sum()) if split else -len(long)
-    n_pieces = len(n) + extra
-    rows, start = np.empty(n_pieces, np.int64), np.empty(n_pieces, np.int64)
-    length, ptr = np.empty(n_pieces, np.int32), np.empty(n_pieces + 1, np.int64)
-    scratch = np.empty((2, max(n_pieces, 1)), np.int64)
-    num_samples = library().exaone_pack(n, order, len(n), capacity, int(split), int(open_bins),
-                                        scratch[0], scratch[1], rows, start, length, ptr)
+        is_long = np.zeros(len(n), dtype=bool)
+        is_long[long] = True
+        _too_long(table, int(order[np.argmax(is_long[order])]), capacity, where)
+    extra = int((-(-n[long].astype(np.int64) // capacity) - 1).sum()) if split else -len(long)
+    n_pieces = len(order) + extra
+    offsets = table.offsets if table.offsets is not None else np.array([0, len(n)], np.int64)
+    alloc = alloc or (lambda name, n, dtype: np.empty(n, dtype))
+    shard, doc = alloc("shard", n_pieces, np.int32), alloc("doc", n_pieces, np.int64)
+    start, length = alloc("start", n_pieces, np.int64), alloc("length", n_pieces, np.int32)
+    ptr = np.empty(n_pieces + 1, np.int64)
+    num_samples = library().exaone_pack(n, order, len(order), np.ascontiguousarray(offsets, np.int64),
+                                        len(offsets) - 1, capacity, int(split), int(open_bins),
+                                        n_pieces, shard, doc, start, length, ptr)
     if num_samples < 0:
         raise MemoryError(f"packing {n_pieces} pieces ({where}): out of memory")
-    del scratch, n
-    shard = np.ascontiguousarray(table.shard, dtype=np.int32)[rows]
-    doc = np.asarray(table.doc, dtype=np.int64)[rows]
-    del rows
+    if table.offsets is None:  # an explicit table: rows -> its shard and document ids
+        shard, doc = table.locate(doc)
     return PackedIndex(shard, doc, start, length, ptr[:num_samples + 1].copy(),
                        len(long) if policy == "route" else 0, len(long) if split else 0,
                        num_samples * capacity - int(length.sum(dtype=np.int64)))
 
 
 def _too_long(table: DocumentTable, i: int, capacity: int, where: str) -> None:
-    s, d, n = int(table.shard[i]), int(table.doc[i]), int(table.length[i])
+    (s,), (d,) = table.locate(np.array([i]))
+    n = int(table.length[i])
     raise DataError(f"{table.shard_names[s]}.bin: document {d} has {n} tokens, more than "
                     f"seq_length + 1 = {capacity} ({where}, long_doc_policy=error; use "
                     "split or route, or a stage with a longer seq_length)")
@@ -86,8 +127,9 @@ def _pieces(table: DocumentTable, order: np.ndarray, capacity: int, policy: str,
     """(shard, doc, start, length) pieces in packing order, plus routed / split counts."""
     routed = split = 0
     out: list[tuple[int, int, int, int]] = []
-    for i in order.tolist():
-        s, d, n = int(table.shard[i]), int(table.doc[i]), int(table.length[i])
+    shards, docs = table.locate(order)
+    for i, s, d in zip(order.tolist(), shards.tolist(), docs.tolist(), strict=True):
+        n = int(table.length[i])
         if n <= capacity:
             out.append((s, d, 0, n))
         elif policy == "error":

@@ -38,6 +38,10 @@ class ShardInfo:
     num_tokens: int
 
 
+def _mapped(path: Path, dtype, offset: int, count: int) -> np.ndarray:
+    return np.memmap(path, dtype, "r", offset, (count,)) if count else np.zeros(0, dtype)
+
+
 def check_shard(prefix: str | Path) -> ShardInfo:
     """Validate a shard's .idx against the format and its .bin's size; DataError if broken."""
     idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
@@ -56,11 +60,10 @@ def check_shard(prefix: str | Path) -> ShardInfo:
         if size not in (expected, expected + n_seq):  # + one mode byte each when multimodal
             raise DataError(f"{idx}: truncated or corrupt: {size} bytes, the header's "
                             f"{n_seq} sequences / {n_doc} documents need {expected}")
-        lengths = np.frombuffer(f.read(n_seq * 4), dtype=np.int32)
-        f.seek(n_seq * 8, os.SEEK_CUR)
-        docs = np.frombuffer(f.read(n_doc * 8), dtype=np.int64)
+    lengths = _mapped(idx, np.int32, _HEADER_BYTES, n_seq)  # mapped, not read: no copy
+    docs = _mapped(idx, np.int64, _HEADER_BYTES + n_seq * 12, n_doc)
     if (lengths < 0).any() or n_doc < 1 or docs[0] != 0 or docs[-1] != n_seq or \
-            (np.diff(docs) < 0).any():
+            (docs[1:] < docs[:-1]).any():
         raise DataError(f"{idx}: corrupt index (negative lengths or unordered document indices)")
     dtype = _DTYPES[code]
     n_tok = int(lengths.sum(dtype=np.int64))

@@ -13,6 +13,7 @@ import pytest
 
 from data_pipeline import BlendComponent, StageDataConfig, build_stage_dataset
 from data_pipeline import dataset as dataset_module
+from data_pipeline.native import permutation
 from data_pipeline.packing import DocumentTable, pack, pack_reference
 from data_pipeline.shards import ShardWriter
 from exaone_train.errors import DataError
@@ -129,3 +130,35 @@ def test_concurrent_readers_build_the_cache_once_and_read_the_same_samples(shard
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert builds.read_text() == "built\n"
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+
+
+def test_whole_shard_tables_pack_as_the_explicit_table_of_the_same_rows():
+    """`DocumentTable.of_shards` (shard/document ids from shard offsets, in C) packs exactly
+    what the reference packs from per-row shard and document arrays."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        sizes = rng.integers(0, 60, int(rng.integers(1, 6))).tolist()
+        parts = [_random_table(rng, n).length.astype(np.int32) for n in sizes]
+        names = tuple(f"s{i}" for i in range(len(sizes)))
+        table = DocumentTable.of_shards(parts, names)
+        explicit = DocumentTable(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
+                                 np.concatenate([np.arange(n) for n in sizes]).astype(np.int64),
+                                 table.length.astype(np.int64), names)
+        order = rng.permutation(sum(sizes))
+        seq, bins = int(rng.integers(2, 2 * SEQ)), int(rng.integers(1, 70))
+        new, old = pack(table, order, seq, "split", bins), pack_reference(explicit, order, seq, "split", bins)
+        for f in FIELDS:
+            assert np.array_equal(getattr(new, f), getattr(old, f)), (trial, f)
+    with pytest.raises(DataError, match=r"s1\.bin: document 2 has 200 tokens"):
+        pack(DocumentTable.of_shards([np.array([1, 2], np.int32), np.array([3, 4, 200], np.int32)],
+                                     ("s0", "s1")), np.arange(5), SEQ, "error")
+
+
+def test_prefetching_shuffle_is_numpys_permutation_and_leaves_the_same_generator_state():
+    for n in (0, 1, 2, 3, 50, 4097, 100_003):
+        for seed in range(2):
+            ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+            ours.integers(0, 9, dtype=np.uint32), theirs.integers(0, 9, dtype=np.uint32)  # half-used word
+            got, want = permutation(ours, n), theirs.permutation(n)
+            assert got.dtype == want.dtype and np.array_equal(got, want), (n, seed)
+            assert ours.integers(0, 2**63, 4).tolist() == theirs.integers(0, 2**63, 4).tolist()
