@@ -195,12 +195,10 @@ def _export_recipe(ckpt_dir: Path) -> RecipeConfig:
 
 
 def convert_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
-                  max_shard_bytes: int = MAX_SHARD_BYTES, batch_bytes: int = 2**30,
-                  show_progress: bool = False) -> Path:
+                  max_shard_bytes: int = MAX_SHARD_BYTES, show_progress: bool = False) -> Path:
     """Model checkpoint -> HF directory (`transformers` loads it as ExaoneMoeForCausalLM /
-    Exaone4ForCausalLM; MTP tensors under `mtp.*`), a tensor at a time: checkpoint tensors
-    are read in batches of at most `batch_bytes` (or one tensor), each HF tensor is written
-    to its planned safetensors shard as soon as it is mapped."""
+    Exaone4ForCausalLM; MTP tensors under `mtp.*`), a tensor at a time: each checkpoint
+    tensor is read, mapped, and its HF tensors written to their planned safetensors shard."""
     from exaone_train.export.stream import checkpoint_tensors, tensor_entries
     from exaone_train.model.builder import build_model
 
@@ -219,7 +217,7 @@ def convert_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
                            max_shard_bytes)
     bar = progress.bar("convert: HF write", sum(t.numel() * t.element_size() for _, t in plan),
                        show_progress)
-    for key, tensor in checkpoint_tensors(entries, ckpt_dir / MODEL_DIR, batch_bytes):
+    for key, tensor in checkpoint_tensors(entries, ckpt_dir / MODEL_DIR):
         source = {key: tensor}
         for hf_key in for_entry[key]:
             out = lazies[hf_key](source.__getitem__)

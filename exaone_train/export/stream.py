@@ -11,9 +11,10 @@ the parameter, written, and dropped. One writer thread writes one `__0_0.distcp`
 own save splits the same chunks over two threads' files); the DCP metadata (keys, chunks,
 dtypes) is the same as a save of the model built in memory, and loads the same way.
 
-Read (`checkpoint_tensors`): the entries of the sharded state dict, loaded in batches of at
-most `batch_bytes` (or one entry) through megatron-core's own `dist_checkpointing.load` of that
-part of the state dict (into fresh buffers: the meta model holds no memory).
+Read (`checkpoint_tensors`): one entry of the sharded state dict at a time, each of its
+chunks read by torch DCP straight into its place in the entry's full tensor (the chunks are
+cut as for the save: views of the tensor). megatron-core's own load cannot read a part of a
+grouped-experts tensor on one rank, and would read a layer's experts at once.
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
+    CachedMetadataFileSystemReader,
+)
 from megatron.core.dist_checkpointing.strategies.torch import (
     MCoreSavePlanner,
     TorchDistSaveShardedStrategy,
     _replace_state_dict_keys_with_sharded_keys,
     mcore_to_pyt_state_dict,
 )
-from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
+from torch.distributed._shard._utils import narrow_tensor_by_index
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from exaone_train.checkpoint import progress
 from exaone_train.checkpoint.model_io import MODEL_DIR, sharded_model_state_dict, write_config
@@ -157,28 +165,57 @@ def save_streaming(model: torch.nn.Module, cfg: RecipeConfig, ckpt_dir: str | Pa
     return ckpt_dir
 
 
-def _load(batch: dict[str, Entry], model_dir: Path) -> dict[str, torch.Tensor]:
-    request = {k: dataclasses.replace(e, data=torch.empty(e.data.shape, dtype=e.data.dtype))
-               for k, e in batch.items()}
+class _ChunkLoadPlanner(DefaultLoadPlanner):
+    """Reads exactly the given chunks (DCP key, global offset -> destination tensor) and
+    nothing else: megatron's own load of a part of a tensor with a prepended axis (one
+    expert of a layer's grouped experts) needs every chunk of it on one rank."""
+
+    def __init__(self, targets: dict[tuple[str, tuple[int, ...]], torch.Tensor]) -> None:
+        super().__init__()
+        self.targets = targets
+
+    def create_local_plan(self) -> LoadPlan:
+        items = []
+        assert self.metadata is not None
+        for (fqn, offset), dest in self.targets.items():
+            md = self.metadata.state_dict_metadata.get(fqn)
+            if not isinstance(md, TensorStorageMetadata):
+                raise CheckpointError(f"checkpoint has no tensor {fqn!r} (not this model's?)")
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offset), sizes=dest.shape)
+            items += create_read_items_for_chunk_list(fqn, md, [chunk])
+        return LoadPlan(items)
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        index = read_item.dest_index
+        dest = self.targets[(index.fqn, tuple(index.offset or ()))]
+        return narrow_tensor_by_index(dest, read_item.dest_offsets, read_item.lengths)
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        pass  # DCP copied the data into resolve_tensor's view of the destination
+
+
+def _read_entry(entry: Entry, reader: Any) -> torch.Tensor:
+    """The entry's full tensor: each of its chunks (as megatron saves them) read straight
+    into its place (the chunks are views of the tensor, as when megatron cuts them)."""
+    full = torch.empty(entry.data.shape, dtype=entry.data.dtype)
+    targets = {}
+    for c in _chunks(dataclasses.replace(entry, data=full)):
+        assert c.data.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
+        targets[_chunk_id(c)] = c.data.view((1,) * c.prepend_axis_num + tuple(c.local_shape))
     try:
-        loaded = dist_checkpointing.load(request, str(model_dir), validate_access_integrity=False)
-    except Exception as e:  # noqa: BLE001 - megatron raises several types; name the checkpoint
-        raise CheckpointError(f"{model_dir}: could not read {sorted(batch)[:3]}...: "
+        dcp.load({}, storage_reader=reader, planner=_ChunkLoadPlanner(targets), no_dist=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DCP wraps I/O and format errors in several types
+        raise CheckpointError(f"{reader.path}: could not read {sorted(targets)[0][0]}: "
                               f"{type(e).__name__}: {e}") from e
-    return {k: loaded[k] for k in batch}
+    return full
 
 
-def checkpoint_tensors(entries: dict[str, Entry], model_dir: str | Path,
-                       batch_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """(state-dict key, full tensor) for every entry, in order, read from the model checkpoint
-    at `model_dir` in batches of at most `batch_bytes` (or one entry)."""
-    batch: dict[str, Entry] = {}
-    size = 0
+def checkpoint_tensors(entries: dict[str, Entry],
+                       model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(state-dict key, full tensor) for every entry, in order, read one at a time from the
+    model checkpoint at `model_dir` (its DCP metadata read once)."""
+    reader = CachedMetadataFileSystemReader(str(model_dir))
     for key, entry in entries.items():
-        if batch and size + _nbytes(entry) > batch_bytes:
-            yield from _load(batch, Path(model_dir)).items()
-            batch, size = {}, 0
-        batch[key] = entry
-        size += _nbytes(entry)
-    if batch:
-        yield from _load(batch, Path(model_dir)).items()
+        yield key, _read_entry(entry, reader)
