@@ -27,18 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def big_hf_config(layers: int = 4, experts: int = 32) -> Any:
-    """ExaoneMoe with many mid-sized tensors (about 300 MB fp32 at the defaults): hidden 768,
-    vocab 4000 (padded to 4096), a dense first layer, MoE layers of `experts` experts of 256
-    and a shared expert. The largest tensor (embedding, the dense fc1) is ~12.6 MB."""
+def big_hf_config(layers: int = 5, experts: int = 32) -> Any:
+    """ExaoneMoe shaped like K-EXAONE, many mid-sized tensors (about 350 MB fp32 at the
+    defaults): hidden 768, vocab 2000 (padded to 2048), a dense first layer (ffn 1024), MoE
+    layers of `experts` experts of 256 and a shared expert. The largest tensors (the dense
+    fc1, the embedding and output layer) are ~6.3 MB."""
     from exaone_train.export import tiny
 
     return tiny.kexaone_config(hidden_size=768, num_attention_heads=6, num_key_value_heads=2,
-                               head_dim=128, intermediate_size=2048, moe_intermediate_size=256,
-                               num_experts=experts, num_hidden_layers=layers, vocab_size=4000)
+                               head_dim=128, intermediate_size=1024, moe_intermediate_size=256,
+                               num_experts=experts, num_hidden_layers=layers, vocab_size=2000)
 
 
-def make_hf_dir(out: Path, layers: int = 4, experts: int = 32) -> int:
+def make_hf_dir(out: Path, layers: int = 5, experts: int = 32) -> int:
     """A random HF model in `out` (1e8-byte safetensors shards + index); returns its bytes."""
     from exaone_train.export import tiny
 
@@ -56,9 +57,11 @@ def _status_kib(field: str) -> int:
 
 def _peak_growth(fn: Any) -> int:
     """Bytes the peak RSS grew over the RSS before, while `fn()` ran."""
+    import ctypes
     import gc
 
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS: a true "before"
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _status_kib("VmRSS")
     fn()
@@ -119,7 +122,7 @@ def hf_tensors_equal(a: Path, b: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--experts", type=int, default=32)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
