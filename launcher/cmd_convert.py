@@ -2,13 +2,15 @@
 
 from-hf: a Hugging Face ExaoneMoe (K-EXAONE) or Exaone4 directory -> our model checkpoint
 (`model/` dist_checkpointing + `config.yaml`), loadable under any TP/PP/EP layout.
-to-hf: our model checkpoint -> config.json + model.safetensors that `transformers` loads
-(ExaoneMoeForCausalLM / Exaone4ForCausalLM; MTP tensors under `mtp.*`).
+to-hf: our model checkpoint -> config.json + model.safetensors (or shards + index) that
+`transformers` loads (ExaoneMoeForCausalLM / Exaone4ForCausalLM; MTP tensors under `mtp.*`).
+Both stream a tensor at a time: host memory holds a few tensors, not the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     to_hf = csub.add_parser("to-hf", help="model checkpoint -> HF model directory")
     to_hf.add_argument("ckpt_dir", help="model or training checkpoint (config.yaml + model/)")
     to_hf.add_argument("out_dir", help="new Hugging Face model directory")
+    to_hf.add_argument("--max-shard-gib", type=float, default=5.0,
+                       help="safetensors shard size limit in GiB (default 5, as transformers)")
     to_hf.set_defaults(func=run_to_hf)
 
 
@@ -32,7 +36,8 @@ def run_from_hf(args: argparse.Namespace) -> int:
     from exaone_train.parallel import state
 
     try:
-        cfg = convert_from_hf(args.hf_dir, args.out_dir, PrecisionConfig(dtype=args.dtype))
+        cfg = convert_from_hf(args.hf_dir, args.out_dir, PrecisionConfig(dtype=args.dtype),
+                              show_progress=sys.stderr.isatty())
     finally:
         state.teardown()
     m = cfg.model
@@ -46,7 +51,9 @@ def run_to_hf(args: argparse.Namespace) -> int:
     from exaone_train.parallel import state
 
     try:
-        out = convert_to_hf(args.ckpt_dir, args.out_dir)
+        out = convert_to_hf(args.ckpt_dir, args.out_dir,
+                            max_shard_bytes=int(args.max_shard_gib * 2**30),
+                            show_progress=sys.stderr.isatty())
     finally:
         state.teardown()
     print(f"wrote Hugging Face model to {out}")

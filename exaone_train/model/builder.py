@@ -3,6 +3,8 @@ shapes, not ranks (the pipeline stage comes from parallel_state through megatron
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
@@ -167,32 +169,39 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig)
 
 
 def build_model(m: ModelConfig, p: ParallelConfig, prec: PrecisionConfig,
-                vp_stage: int | None = None) -> GPTModel:
-    """Build this rank's part of the model (one virtual stage when `vp_stage` is given)."""
+                vp_stage: int | None = None, meta: bool = False) -> GPTModel:
+    """Build this rank's part of the model (one virtual stage when `vp_stage` is given).
+    `meta=True`: parameters on the meta device, uninitialised: names, shapes, dtypes and the
+    sharded state dict without the memory (streaming HF conversion)."""
     if (p.virtual_pp is None) != (vp_stage is None):
         # megatron-core would silently build the layers of another stage
         raise ValueError(f"parallel.virtual_pp={p.virtual_pp} needs one build per virtual "
                          f"stage (vp_stage in 0..virtual_pp-1), got vp_stage={vp_stage}")
     config = transformer_config(m, p, prec)
+    if meta:  # else megatron creates its layers on the GPU explicitly, meta context or not
+        config.use_cpu_initialization, config.perform_initialization = True, False
     use_te = use_transformer_engine(prec)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)
     n_local = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=decoder_block_spec(m, offset, n_local, use_te),
-        vocab_size=padded_vocab_size(m, p.tp),
-        max_sequence_length=m.max_position_embeddings,
-        pre_process=pre,
-        post_process=post,
-        share_embeddings_and_output_weights=m.tie_embeddings,
-        position_embedding_type="rope",
-        rotary_base=int(m.rope_theta),
-        mtp_block_spec=mtp_block_spec(m, use_te) if post else None,
-        vp_stage=vp_stage,
-    )
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=decoder_block_spec(m, offset, n_local, use_te),
+            vocab_size=padded_vocab_size(m, p.tp),
+            max_sequence_length=m.max_position_embeddings,
+            pre_process=pre,
+            post_process=post,
+            share_embeddings_and_output_weights=m.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(m.rope_theta),
+            mtp_block_spec=mtp_block_spec(m, use_te) if post else None,
+            vp_stage=vp_stage,
+        )
+    if meta:
+        return model
     # As megatron-LM's get_model (`.cuda(current_device)`): megatron's own layers are created
     # on the GPU, but the router weight (megatron creates it on the CPU) and any module built
     # without a device are not; the optimizer and DDP's buffers need every parameter here.
