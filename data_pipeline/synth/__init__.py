@@ -36,7 +36,7 @@ class CorpusSizes:
     retrieval_max_pairs: int = 200
 
 
-GENERATORS = {"dense_retrieval": retrieval.generate_dense}
+GENERATORS = {"dense_retrieval": retrieval.generate_dense, "recall_drill": retrieval.recall_drill}
 
 
 def synth_records(name: str, args: dict) -> list[dict]:

@@ -119,3 +119,26 @@ def generate_dense(seed: int, count: int, num_tokens: int, pairs: tuple[int, int
         out.append({"id": f"dense-{num_tokens}-{i:06d}",
                     **dense_sample(rng, tokenizer, num_tokens, L.LANGUAGES[i % 6], n, q)})
     return out
+
+
+# ---- recall drill (generated at build time: `format: synth`) ------------------------------
+# Key/value pairs listed, then listed again: in the same order half of the time (every token of
+# the second listing is a copy: the pattern that forms induction heads fast), shuffled the
+# other half (each value is then a lookup of its key, NIAH's skill without the haystack). Keys
+# and values from the "recall_drill" stream, never NIAH's.
+def recall_drill(seed: int, count: int, pairs: tuple[int, int]) -> list[dict]:
+    """`count` drills with a pair count uniform in `pairs` (inclusive)."""
+    rng = sub_rng(seed, "recall_drill")
+    out = []
+    for i in range(count):
+        keys: dict[str, str] = {}
+        n = rng.randint(*pairs)
+        while len(keys) < n:
+            keys.setdefault(_key(rng), str(rng.randint(10_000, 99_999)))
+        items = list(keys.items())
+        again = items if rng.random() < 0.5 else rng.sample(items, len(items))
+        first = "\n".join(f"{k} is {v}." for k, v in items)
+        second = "\n".join(f"{k} is {v}." for k, v in again)
+        out.append({"id": f"recall-{i:06d}", "lang": "en",
+                    "text": f"Pairs:\n{first}\nAgain:\n{second}"})
+    return out

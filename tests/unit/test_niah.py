@@ -63,6 +63,13 @@ def test_samples_deterministic_exact_length_needle_at_depth(recipe):
     # no needle key occurs in the training corpus (the retrieval data has keys of this shape)
     corpus = "".join(p.read_text() for p in Path("data/corpus").glob("*.jsonl"))
     assert not any(k in corpus for k in keys)
+    # nor the generated retrieval practice (dense needles, recall drill): their own streams
+    from data_pipeline.synth import retrieval
+
+    practice = "".join(r["text"] for r in retrieval.recall_drill(1234, 300, (6, 11)))
+    practice += "".join(r["text"] for r in retrieval.generate_dense(
+        1234, 12, 240, (3, 6), (3, 6), "data/tokenizer/tokenizer.json"))
+    assert practice.count("-") > 3000 and not any(k in practice for k in keys)
     other = make_samples(dataclasses.replace(GRID, seed=1), stacks, tok, 128)
     assert {s.key for s in other}.isdisjoint(keys)
 
