@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -39,8 +39,9 @@ from exaone_train.checkpoint.dist_state import check_compatible
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.config.validate import validate_checkpoint_config
 from exaone_train.errors import CheckpointError
+from exaone_train.parallel import ranks
+from exaone_train.parallel.state import current_dims, rank_prefix
 from exaone_train.parallel.state import device as rank_device
-from exaone_train.parallel.state import rank_prefix
 
 log = logging.getLogger("exaone_train")
 
@@ -52,17 +53,7 @@ def iter_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def start_writer_helper() -> None:
@@ -114,11 +105,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def layout() -> dict:
-    ps = parallel_state
-    return {"world_size": _world(), "tp": ps.get_tensor_model_parallel_world_size(),
-            "pp": ps.get_pipeline_model_parallel_world_size(),
-            "ep": ps.get_expert_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size()}
+    """The layout a checkpoint was saved under (train_state.json, manifest.json)."""
+    d = current_dims()
+    return {"world_size": d.world_size, "tp": d.tp, "pp": d.pp, "ep": d.ep, "dp": d.dp}
 
 
 def _fault(point: str, step: int) -> None:
@@ -167,7 +156,7 @@ class CheckpointManager:
                                      progress=True)
             if not problems:
                 return path
-            if _rank() == 0:
+            if ranks.rank() == 0:
                 log.warning("checkpoint %s does not verify, skipping it: %s", path,
                             "; ".join(problems[:5]))
         return None
@@ -189,7 +178,7 @@ class CheckpointManager:
         err, expected = "", self._model_bytes(self.candidates()[:1])
         try:
             with progress.sampled(f"checkpoint write {name}", lambda: progress.dir_bytes(
-                    tmp / MODEL_DIR), expected, _rank() == 0):
+                    tmp / MODEL_DIR), expected, ranks.rank() == 0):
                 dist_checkpointing.save(sharded.full_state(source.model, source.optimizer),
                                         str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
                                         async_sharded_save=False)
@@ -199,7 +188,7 @@ class CheckpointManager:
             # arrive wrapped in torch DCP's CheckpointException (a BaseException)
             err = f"{type(e).__name__}: {e}"
         if not _all_ok(not err):
-            if _rank() == 0:
+            if ranks.rank() == 0:
                 shutil.rmtree(tmp, ignore_errors=True)  # never a checkpoint; frees the space
             why = err or "failed on another rank"
             raise CheckpointError(f"could not write checkpoint {tmp}: {why} (disk full or "
@@ -211,7 +200,7 @@ class CheckpointManager:
         _fault("kill_before_rename", step)
         self._publish(tmp, dest)
         self.last_saved_step, self.last_save_time = step, time.monotonic()
-        if _rank() == 0:
+        if ranks.rank() == 0:
             dt = time.perf_counter() - t0
             gib = manifest["total_bytes"] / 2**30
             log.info("%s checkpoint %s saved: %.3f GiB in %d files, %.1fs (write %.1fs, "
@@ -232,7 +221,7 @@ class CheckpointManager:
 
     def _prepare_tmp(self, tmp: Path) -> None:
         ok, err = True, ""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 if tmp.exists():  # left by a crashed save of this step: never a checkpoint
@@ -247,8 +236,8 @@ class CheckpointManager:
                                   "are untouched.")
 
     def _write_rank_files(self, train_state: dict, tmp: Path) -> None:
-        torch.save(rng_state(), tmp / RNG_DIR / f"rank_{_rank():05d}.pt")
-        if _rank() != 0:
+        torch.save(rng_state(), tmp / RNG_DIR / f"rank_{ranks.rank():05d}.pt")
+        if ranks.rank() != 0:
             return
         verify.write_json_durable(tmp / TRAIN_STATE, train_state)
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.recipe)))
@@ -259,7 +248,7 @@ class CheckpointManager:
     def _publish(self, tmp: Path, dest: Path) -> None:
         """Rename the verified temporary directory into place, then replace `latest`."""
         ok, err = True, ""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             try:
                 if dest.exists():  # e.g. a corrupt one of the same step: set aside, not deleted
                     aside = dest.with_name(f".replaced_{dest.name}_{int(time.time())}")
@@ -282,7 +271,7 @@ class CheckpointManager:
     def apply_retention(self) -> None:
         """Remove checkpoints beyond the newest `keep_last` (never `keep` ones), and stale
         temporary directories. Runs only after a newer checkpoint verified and was published."""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             valid_newest = self.candidates()
             for old in valid_newest[self.cfg.keep_last:]:
                 manifest = verify.read_manifest(old)
@@ -291,7 +280,7 @@ class CheckpointManager:
                 self._remove(old)
             for stale in self.dir.glob(".tmp_iter_*"):
                 self._remove(stale)
-        _barrier()
+        ranks.barrier()
 
     @staticmethod
     def _remove(path: Path) -> None:
@@ -309,10 +298,10 @@ class CheckpointManager:
         manifest atomically (the `keep` flag is not hashed)."""
         path = self.dir / iter_name(step)
         manifest = verify.read_manifest(path)
-        if _rank() == 0 and manifest is not None and not manifest.get("keep"):
+        if ranks.rank() == 0 and manifest is not None and not manifest.get("keep"):
             manifest["keep"] = True
             verify.write_json_durable(path / verify.MANIFEST, manifest)
-        _barrier()
+        ranks.barrier()
 
     # ---- loading -------------------------------------------------------------------------
     def resume_path(self) -> Path | None:
@@ -337,7 +326,7 @@ class CheckpointManager:
         request = sharded.full_state(target.model, target.optimizer)
         try:  # bytes read, no total: this process reads metadata and its share, some twice
             with progress.sampled(f"checkpoint load {path.name}", progress.bytes_read, None,
-                                  _rank() == 0):
+                                  ranks.rank() == 0):
                 loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
         except Exception as e:  # noqa: BLE001 - megatron raises several types; name the file
             raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: {e}") from e
@@ -346,7 +335,7 @@ class CheckpointManager:
         target.load_state_dict(state, load_data)
         self.last_saved_step, self.last_save_time = int(state["step"]), time.monotonic()
         rng = self._rng_of(path, state.get("layout"))
-        if _rank() == 0:
+        if ranks.rank() == 0:
             log.info("%s resumed from %s at step %d (%d tokens) in %.1fs", rank_prefix(), path,
                      state["step"], state["consumed_tokens"], time.perf_counter() - t0)
         return rng
@@ -354,10 +343,10 @@ class CheckpointManager:
     @staticmethod
     def _rng_of(path: Path, saved_layout: dict | None) -> dict:
         """This rank's saved RNG states; {} (with a warning) when the layout changed."""
-        rng_file = path / RNG_DIR / f"rank_{_rank():05d}.pt"
+        rng_file = path / RNG_DIR / f"rank_{ranks.rank():05d}.pt"
         if saved_layout == layout() and rng_file.is_file():
             return torch.load(rng_file, weights_only=False)
-        if _rank() == 0:
+        if ranks.rank() == 0:
             log.warning("checkpoint layout %s differs from this run's %s: RNG states are not "
                         "restored (model, optimizer, data order and LR are)", saved_layout,
                         layout())
