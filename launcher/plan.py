@@ -42,6 +42,7 @@ from exaone_train.model.layout import (
     moe_layers,
     padded_vocab_size,
 )
+from exaone_train.parallel.dims import ParallelDims
 from exaone_train.train.hardware import gpu_spec, peak_flops
 
 GIB = 1024**3
@@ -57,18 +58,8 @@ OPTIMIZER_STATE_BYTES = {"adamw": 8, "muon": 4}  # fp32 exp_avg + exp_avg_sq | f
 
 def check_layout(p: ParallelConfig, m: ModelConfig, world_size: int, seq_len_tokens: int) -> None:
     """Rules megatron-core enforces at start-up, raised here as ConfigError before submission."""
-    model_size = p.tp * p.pp * p.cp
-    if world_size < 1 or world_size % model_size:
-        raise ConfigError("world_size", world_size,
-                          f"not divisible by parallel.tp*pp*cp = {p.tp}*{p.pp}*{p.cp} = {model_size}")
-    dp = world_size // model_size
-    expert_group = p.ep * p.etp
-    if m.num_experts is not None and (dp * p.cp * p.tp) % expert_group:
-        raise ConfigError(
-            "parallel.ep", p.ep,
-            f"ep*expert_tp = {p.ep}*{p.etp} = {expert_group} must divide "
-            f"DP*CP*TP = {dp}*{p.cp}*{p.tp} = {dp * p.cp * p.tp} (megatron-core lays experts out "
-            f"within each pipeline stage's data*context*tensor ranks; world_size={world_size})")
+    dims = ParallelDims.of(p, world_size)
+    dims.check_world(moe=m.num_experts is not None)
     if m.num_experts is not None and (m.moe_ffn_hidden_size or 0) % p.etp:
         raise ConfigError("parallel.expert_tp", p.etp,
                           f"does not divide model.moe_ffn_hidden_size={m.moe_ffn_hidden_size}")
@@ -76,23 +67,17 @@ def check_layout(p: ParallelConfig, m: ModelConfig, world_size: int, seq_len_tok
         raise ConfigError("parallel.sequence_parallel", p.sequence_parallel,
                           "megatron-core refuses to train MoE with parallel.tp > 1 without "
                           "sequence parallelism")
-    if p.cp > 1 and seq_len_tokens % (2 * p.cp):
-        raise ConfigError("seq_len_tokens", seq_len_tokens,
-                          f"context parallelism splits a sequence into 2*cp={2 * p.cp} chunks")
-    if p.sequence_parallel and (seq_len_tokens // p.cp) % p.tp:
-        raise ConfigError("seq_len_tokens", seq_len_tokens,
-                          f"sequence parallelism needs seq_len/cp divisible by parallel.tp={p.tp}")
+    dims.check_seq(seq_len_tokens, field="seq_len_tokens")
 
 
 def layout(p: ParallelConfig, m: ModelConfig, world_size: int) -> dict[str, Any]:
-    dp = world_size // (p.tp * p.pp * p.cp)
+    dims = ParallelDims.of(p, world_size)
     experts = m.num_experts is not None
-    expert_dp = world_size // (p.etp * p.ep * p.pp) if experts else None
     return {
-        "tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "cp": p.cp, "dp": dp,
-        "ep": p.ep, "expert_tp": p.etp, "expert_dp": expert_dp,
+        "tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "cp": p.cp, "dp": dims.dp,
+        "ep": p.ep, "expert_tp": p.etp, "expert_dp": dims.expert_dp if experts else None,
         "experts_per_ep_rank": m.num_experts // p.ep if m.num_experts is not None else None,
-        "model_parallel_size": p.tp * p.pp * p.cp,
+        "model_parallel_size": dims.model_parallel,
         "sequence_parallel": p.sequence_parallel,
         "distributed_optimizer": p.distributed_optimizer,
         "recompute": p.recompute,
@@ -541,7 +526,7 @@ def smallest_world(cfg: RecipeConfig, gpus_per_node: int, part_node: bool = True
     a multiple of tp*pp*cp and of `gpus_per_node` (or, with `part_node`, fewer GPUs of one
     node) that `check_layout` and the batch rules accept."""
     p, t = cfg.parallel, cfg.train
-    step = p.tp * p.pp * p.cp
+    step = ParallelDims.of(p).model_parallel
     for world in range(step, max_world + 1, step):
         if world % gpus_per_node and not (part_node and world < gpus_per_node):
             continue
@@ -551,7 +536,7 @@ def smallest_world(cfg: RecipeConfig, gpus_per_node: int, part_node: bool = True
         except ConfigError:
             continue
         return world
-    raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp} ep={p.ep}",
+    raise ConfigError("parallel", ParallelDims.of(p).describe(),
                       f"no world size up to {max_world} runs this layout with "
                       f"train.global_batch_samples={t.global_batch_samples} (fewer "
                       "--gpus-per-node, or give --nodes to see why)")

@@ -10,7 +10,8 @@ $PY -m ruff check launcher exaone_train data_pipeline tests bench || { echo "ruf
 if [[ -x slurm/ci/local_slurm.sh ]] && [[ "${EXAONE_SKIP_SLURM:-0}" != 1 ]]; then
   slurm/ci/local_slurm.sh up || echo "local Slurm could not start: tests/slurm will be skipped"
 fi
-$PY -m pytest -m "not gpu" --timeout=900 "$@"
+# --durations: every CI log shows where the suite's time goes (the budget is 30 minutes)
+$PY -m pytest -m "not gpu" --timeout=900 --durations=40 "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing"; exit 1; fi
 exit $rc

@@ -14,11 +14,10 @@ import torch.distributed as dist
 from exaone_train.checkpoint import signals
 from exaone_train.checkpoint.manager import CheckpointManager, set_rng_state
 from exaone_train.parallel import state
-from exaone_train.train.callbacks import Callback, StopTraining
+from exaone_train.train.hooks import Callback, StopTraining, TrainerView
 
 if TYPE_CHECKING:
     from exaone_train.train.step import StepResult
-    from exaone_train.train.trainer import Trainer
 
 log = logging.getLogger("exaone_train")
 
@@ -28,14 +27,14 @@ class CheckpointCallback(Callback):
         self.manager, self.cfg = manager, manager.cfg
         self.pending_rng: dict = {}
 
-    def restore(self, trainer: Trainer, path: Path | None = None, load_data: bool = True) -> None:
+    def restore(self, trainer: TrainerView, path: Path | None = None, load_data: bool = True) -> None:
         """Load `path`, else the checkpoint to resume from, if any (collective; in
         Trainer.__init__)."""
         path = path if path is not None else self.manager.resume_path()
         if path is not None:
             self.pending_rng = self.manager.load(trainer, path, load_data)
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         # Our SIGTERM/SIGUSR1 handlers live exactly as long as the loop (on_train_end runs in
         # fit()'s finally): left installed, they would be inherited by processes forked later
         # (e.g. a data-build worker pool), which SIGTERM then no longer stops.
@@ -55,7 +54,7 @@ class CheckpointCallback(Callback):
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0]), bool(flags[1])
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         sig, due = self._decide()
         by_steps = self.cfg.interval_steps > 0 and trainer.step % self.cfg.interval_steps == 0
         if self.cfg.enabled and (sig or due or by_steps):
@@ -67,10 +66,10 @@ class CheckpointCallback(Callback):
             raise StopTraining(f"signal received: checkpoint saved at step {trainer.step}, "
                                f"exiting with status {signals.REQUEUE_EXIT_CODE} (requeue)")
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         signals.uninstall()  # the process's own handlers back, even when the loop raised
 
-    def finish(self, trainer: Trainer) -> None:
+    def finish(self, trainer: TrainerView) -> None:
         """The final save when the loop ended without an error (collective)."""
         if (self.cfg.enabled and self.cfg.save_final and trainer.step > 0
                 and self.manager.last_saved_step != trainer.step):

@@ -25,12 +25,12 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -39,10 +39,9 @@ from exaone_train.checkpoint.dist_state import check_compatible
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.config.validate import validate_checkpoint_config
 from exaone_train.errors import CheckpointError
+from exaone_train.parallel import ranks
+from exaone_train.parallel.state import current_dims, rank_prefix
 from exaone_train.parallel.state import device as rank_device
-
-if TYPE_CHECKING:
-    from exaone_train.train.trainer import Trainer
 
 log = logging.getLogger("exaone_train")
 
@@ -54,17 +53,7 @@ def iter_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def start_writer_helper() -> None:
@@ -116,11 +105,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def layout() -> dict:
-    ps = parallel_state
-    return {"world_size": _world(), "tp": ps.get_tensor_model_parallel_world_size(),
-            "pp": ps.get_pipeline_model_parallel_world_size(),
-            "ep": ps.get_expert_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size()}
+    """The layout a checkpoint was saved under (train_state.json, manifest.json)."""
+    d = current_dims()
+    return {"world_size": d.world_size, "tp": d.tp, "pp": d.pp, "ep": d.ep, "dp": d.dp}
 
 
 def _fault(point: str, step: int) -> None:
@@ -130,6 +117,17 @@ def _fault(point: str, step: int) -> None:
     if os.environ.get(FAULT_ENV) in (point, f"{point}@{step}"):
         log.error("%s set to %s: killing this process (test hook)", FAULT_ENV, point)
         os._exit(137)
+
+
+class Checkpointable(Protocol):
+    """What a checkpoint holds (the trainer implements it): the model chunks and optimizer,
+    written sharded, and a JSON-able state dict (train_state.json, with its `step`)."""
+
+    model: list
+    optimizer: Any
+
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict, load_data: bool = True) -> None: ...
 
 
 class CheckpointManager:
@@ -158,50 +156,55 @@ class CheckpointManager:
                                      progress=True)
             if not problems:
                 return path
-            if _rank() == 0:
+            if ranks.rank() == 0:
                 log.warning("checkpoint %s does not verify, skipping it: %s", path,
                             "; ".join(problems[:5]))
         return None
 
     # ---- saving --------------------------------------------------------------------------
-    def save(self, trainer: Trainer, final: bool = False) -> Path:
-        """Save `trainer` at its current step (collective). Returns the checkpoint directory."""
+    def save(self, source: Checkpointable, final: bool = False) -> Path:
+        """Save `source` (the trainer) at its current step (collective). Returns the checkpoint
+        directory."""
         t0 = time.perf_counter()
-        name = iter_name(trainer.step)
+        train_state = source.state_dict()
+        step = int(train_state["step"])
+        name = iter_name(step)
         tmp, dest = self.dir / f".tmp_{name}", self.dir / name
         self._prepare_tmp(tmp)
-        adamw_step = sharded.adamw_step(trainer.optimizer)  # collective: before any failure
+        # collective: before any failure (with the distributed optimizer rank 0 may own no
+        # AdamW parameter)
+        train_state.update(adamw_step=sharded.adamw_step(source.optimizer), layout=layout())
         start_writer_helper()
         err, expected = "", self._model_bytes(self.candidates()[:1])
         try:
             with progress.sampled(f"checkpoint write {name}", lambda: progress.dir_bytes(
-                    tmp / MODEL_DIR), expected, _rank() == 0):
-                dist_checkpointing.save(sharded.full_state(trainer.model, trainer.optimizer),
+                    tmp / MODEL_DIR), expected, ranks.rank() == 0):
+                dist_checkpointing.save(sharded.full_state(source.model, source.optimizer),
                                         str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
                                         async_sharded_save=False)
-            _fault("kill_during_save", trainer.step)
-            self._write_rank_files(trainer, tmp, adamw_step)
+            _fault("kill_during_save", step)
+            self._write_rank_files(train_state, tmp)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - disk full / read-only
             # arrive wrapped in torch DCP's CheckpointException (a BaseException)
             err = f"{type(e).__name__}: {e}"
         if not _all_ok(not err):
-            if _rank() == 0:
+            if ranks.rank() == 0:
                 shutil.rmtree(tmp, ignore_errors=True)  # never a checkpoint; frees the space
             why = err or "failed on another rank"
             raise CheckpointError(f"could not write checkpoint {tmp}: {why} (disk full or "
                                   f"read-only?). Older checkpoints in {self.dir} are untouched.")
         t_write = time.perf_counter() - t0
-        info = {"step": trainer.step, "keep": bool(final), "saved_unix": time.time(),
+        info = {"step": step, "keep": bool(final), "saved_unix": time.time(),
                 "layout": layout()}
         manifest = verify.write_manifest(tmp, info, progress=True)
-        _fault("kill_before_rename", trainer.step)
+        _fault("kill_before_rename", step)
         self._publish(tmp, dest)
-        self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()
-        if _rank() == 0:
+        self.last_saved_step, self.last_save_time = step, time.monotonic()
+        if ranks.rank() == 0:
             dt = time.perf_counter() - t0
             gib = manifest["total_bytes"] / 2**30
             log.info("%s checkpoint %s saved: %.3f GiB in %d files, %.1fs (write %.1fs, "
-                     "%.2f GiB/s)%s", trainer.prefix, dest, gib, len(manifest["files"]), dt,
+                     "%.2f GiB/s)%s", rank_prefix(), dest, gib, len(manifest["files"]), dt,
                      t_write, gib / max(t_write, 1e-9), " [keep]" if final else "")
         self.apply_retention()
         return dest
@@ -218,7 +221,7 @@ class CheckpointManager:
 
     def _prepare_tmp(self, tmp: Path) -> None:
         ok, err = True, ""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 if tmp.exists():  # left by a crashed save of this step: never a checkpoint
@@ -232,39 +235,20 @@ class CheckpointManager:
                                   f" (disk full or read-only?). Older checkpoints in {self.dir} "
                                   "are untouched.")
 
-    def _write_rank_files(self, trainer: Trainer, tmp: Path, adamw_step: float) -> None:
-        torch.save(rng_state(), tmp / RNG_DIR / f"rank_{_rank():05d}.pt")
-        if _rank() != 0:
+    def _write_rank_files(self, train_state: dict, tmp: Path) -> None:
+        torch.save(rng_state(), tmp / RNG_DIR / f"rank_{ranks.rank():05d}.pt")
+        if ranks.rank() != 0:
             return
-        verify.write_json_durable(tmp / TRAIN_STATE, self.train_state(trainer, adamw_step))
+        verify.write_json_durable(tmp / TRAIN_STATE, train_state)
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.recipe)))
         from exaone_train.train.run_dir import run_info
 
         (tmp / "run_info.json").write_text(json.dumps(run_info(), indent=2))
 
-    def train_state(self, trainer: Trainer, adamw_step: float) -> dict:
-        """`adamw_step`: `sharded.adamw_step(trainer.optimizer)`, taken on every rank (with the
-        distributed optimizer rank 0 may own no AdamW parameter)."""
-        stage, start = trainer.stage_name, trainer.stage_start
-        stages = dict(trainer.stage_progress)
-        stages[stage] = {"steps": trainer.step - start["step"],
-                         "consumed_samples": trainer.consumed_samples - start["samples"],
-                         "consumed_tokens": trainer.consumed_tokens - start["tokens"]}
-        out = {"step": trainer.step, "consumed_samples": trainer.consumed_samples,
-               "consumed_tokens": trainer.consumed_tokens, "stage": stage, "stages": stages,
-               "stage_start": dict(start),
-               "schedule": {"consumed_tokens": trainer.schedule_position()},
-               "adamw_step": adamw_step,
-               "data": trainer.data.state_dict(), "guard": trainer.guard.state_dict(),
-               "layout": layout()}
-        if trainer.curriculum_state is not None:
-            out["curriculum"] = trainer.curriculum_state
-        return out
-
     def _publish(self, tmp: Path, dest: Path) -> None:
         """Rename the verified temporary directory into place, then replace `latest`."""
         ok, err = True, ""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             try:
                 if dest.exists():  # e.g. a corrupt one of the same step: set aside, not deleted
                     aside = dest.with_name(f".replaced_{dest.name}_{int(time.time())}")
@@ -287,7 +271,7 @@ class CheckpointManager:
     def apply_retention(self) -> None:
         """Remove checkpoints beyond the newest `keep_last` (never `keep` ones), and stale
         temporary directories. Runs only after a newer checkpoint verified and was published."""
-        if _rank() == 0:
+        if ranks.rank() == 0:
             valid_newest = self.candidates()
             for old in valid_newest[self.cfg.keep_last:]:
                 manifest = verify.read_manifest(old)
@@ -296,7 +280,7 @@ class CheckpointManager:
                 self._remove(old)
             for stale in self.dir.glob(".tmp_iter_*"):
                 self._remove(stale)
-        _barrier()
+        ranks.barrier()
 
     @staticmethod
     def _remove(path: Path) -> None:
@@ -314,10 +298,10 @@ class CheckpointManager:
         manifest atomically (the `keep` flag is not hashed)."""
         path = self.dir / iter_name(step)
         manifest = verify.read_manifest(path)
-        if _rank() == 0 and manifest is not None and not manifest.get("keep"):
+        if ranks.rank() == 0 and manifest is not None and not manifest.get("keep"):
             manifest["keep"] = True
             verify.write_json_durable(path / verify.MANIFEST, manifest)
-        _barrier()
+        ranks.barrier()
 
     # ---- loading -------------------------------------------------------------------------
     def resume_path(self) -> Path | None:
@@ -332,42 +316,38 @@ class CheckpointManager:
             return path
         return self.latest_valid() if self.cfg.resume else None
 
-    def load(self, trainer: Trainer, path: Path, load_data: bool = True) -> dict:
-        """Load model, optimizer and train state into `trainer` (collective); returns this
-        rank's RNG state (or {}), to apply when the loop starts. `load_data=False`: the
-        checkpoint is of an earlier curriculum stage; the trainer's data stays at sample 0."""
+    def load(self, target: Checkpointable, path: Path, load_data: bool = True) -> dict:
+        """Load model, optimizer and train state into `target` (the trainer; collective);
+        returns this rank's RNG state (or {}), to apply when the loop starts. `load_data=False`:
+        the checkpoint is of an earlier curriculum stage; the trainer's data stays at sample 0."""
         t0 = time.perf_counter()
-        check_compatible(trainer.model, path / MODEL_DIR)
+        check_compatible(target.model, path / MODEL_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
-        request = sharded.full_state(trainer.model, trainer.optimizer)
+        request = sharded.full_state(target.model, target.optimizer)
         try:  # bytes read, no total: this process reads metadata and its share, some twice
             with progress.sampled(f"checkpoint load {path.name}", progress.bytes_read, None,
-                                  _rank() == 0):
+                                  ranks.rank() == 0):
                 loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
         except Exception as e:  # noqa: BLE001 - megatron raises several types; name the file
             raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: {e}") from e
-        sharded.load_model_into(trainer.model, loaded)
-        sharded.load_optimizer_from(trainer.optimizer, loaded["optimizer"], state["adamw_step"])
-        trainer.step = int(state["step"])
-        trainer.consumed_samples = int(state["consumed_samples"])
-        trainer.consumed_tokens = int(state["consumed_tokens"])
-        trainer.stage_progress = state.get("stages", {})
-        trainer.stage_name = state.get("stage", trainer.stage_name)
-        trainer.stage_start = dict(state.get("stage_start", trainer.stage_start))
-        trainer.curriculum_state = state.get("curriculum")
-        if load_data:
-            trainer.data.load_state_dict(state["data"])
-        trainer.guard.load_state_dict(state["guard"])
-        self.last_saved_step, self.last_save_time = trainer.step, time.monotonic()
-        rng: dict = {}
-        rng_file = path / RNG_DIR / f"rank_{_rank():05d}.pt"
-        if state.get("layout") == layout() and rng_file.is_file():
-            rng = torch.load(rng_file, weights_only=False)
-        elif _rank() == 0:
-            log.warning("checkpoint layout %s differs from this run's %s: RNG states are not "
-                        "restored (model, optimizer, data order and LR are)", state.get("layout"),
-                        layout())
-        if _rank() == 0:
-            log.info("%s resumed from %s at step %d (%d tokens) in %.1fs", trainer.prefix, path,
-                     trainer.step, trainer.consumed_tokens, time.perf_counter() - t0)
+        sharded.load_model_into(target.model, loaded)
+        sharded.load_optimizer_from(target.optimizer, loaded["optimizer"], state["adamw_step"])
+        target.load_state_dict(state, load_data)
+        self.last_saved_step, self.last_save_time = int(state["step"]), time.monotonic()
+        rng = self._rng_of(path, state.get("layout"))
+        if ranks.rank() == 0:
+            log.info("%s resumed from %s at step %d (%d tokens) in %.1fs", rank_prefix(), path,
+                     state["step"], state["consumed_tokens"], time.perf_counter() - t0)
         return rng
+
+    @staticmethod
+    def _rng_of(path: Path, saved_layout: dict | None) -> dict:
+        """This rank's saved RNG states; {} (with a warning) when the layout changed."""
+        rng_file = path / RNG_DIR / f"rank_{ranks.rank():05d}.pt"
+        if saved_layout == layout() and rng_file.is_file():
+            return torch.load(rng_file, weights_only=False)
+        if ranks.rank() == 0:
+            log.warning("checkpoint layout %s differs from this run's %s: RNG states are not "
+                        "restored (model, optimizer, data order and LR are)", saved_layout,
+                        layout())
+        return {}

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from exaone_train.config.schema import ParallelConfig, PrecisionConfig, RecipeConfig
 from exaone_train.errors import CheckpointError
+from exaone_train.parallel import ranks
 
 CONFIG_FILE, MODEL_DIR = "config.yaml", "model"
 # Settings nothing read, removed from the schema; checkpoints saved before still carry them.
@@ -31,18 +31,11 @@ RETIRED_KEYS = (("extra",), ("train", "eval_interval_steps"), ("train", "reset_p
                 ("run", "name"))
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def write_config(cfg: RecipeConfig, ckpt_dir: Path) -> None:
     """config.yaml: the resolved recipe, rank 0 only."""
-    if _rank() == 0:
+    if ranks.rank() == 0:
         text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
         (ckpt_dir / CONFIG_FILE).write_text(text)
 
@@ -78,15 +71,15 @@ def save_model_checkpoint(model: torch.nn.Module, cfg: RecipeConfig,
     """Save `model` (this rank's part of a GPTModel) and `cfg` to `ckpt_dir` (collective)."""
     ckpt_dir = Path(ckpt_dir)
     model_dir = ckpt_dir / MODEL_DIR
-    if _rank() == 0:
+    if ranks.rank() == 0:
         model_dir.mkdir(parents=True, exist_ok=True)
         if any(model_dir.iterdir()):
             raise CheckpointError(f"{model_dir} is not empty: refusing to overwrite a checkpoint")
-    _barrier()
+    ranks.barrier()
     dist_checkpointing.save(sharded_model_state_dict(model), str(model_dir),
                             sharded_strategy=("torch_dist", 1), async_sharded_save=False)
     write_config(cfg, ckpt_dir)
-    _barrier()
+    ranks.barrier()
     return ckpt_dir
 
 

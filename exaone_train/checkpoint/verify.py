@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from exaone_train.checkpoint.progress import bar as progress_bar
+from exaone_train.parallel import ranks
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -42,15 +43,10 @@ def list_files(ckpt_dir: Path) -> list[str]:
     return sorted(out)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 
 def _gather(local: dict) -> dict:
     """Union of every rank's dict (collective when distributed)."""
-    rank, world = _world()
+    world = ranks.world_size()
     if world == 1:
         return local
     parts: list[Any] = [None] * world
@@ -63,7 +59,7 @@ def _gather(local: dict) -> dict:
 
 def hash_files(ckpt_dir: Path, files: list[str], progress: bool = False) -> dict[str, dict]:
     """{relpath: {"bytes", "sha256"}} for every file; each rank hashes its share (collective)."""
-    rank, world = _world()
+    rank, world = ranks.rank(), ranks.world_size()
     mine = files[rank::world]
     bar = progress_bar("checkpoint sha256", sum((ckpt_dir / f).stat().st_size for f in mine),
                        progress and rank == 0)
@@ -84,7 +80,7 @@ def write_manifest(ckpt_dir: Path, info: dict, progress: bool = True) -> dict:
     entries = hash_files(ckpt_dir, files, progress)
     manifest = {"format_version": FORMAT_VERSION, **info, "files": entries,
                 "total_bytes": sum(e["bytes"] for e in entries.values())}
-    if _world()[0] == 0:
+    if ranks.is_rank0():
         write_json_durable(ckpt_dir / MANIFEST, manifest)
     return manifest
 
@@ -143,7 +139,7 @@ def verify(ckpt_dir: Path, checksums: bool = True, collective: bool = True,
             problems.append(f"{rel}: {p.stat().st_size} bytes, manifest says "
                             f"{entries[rel]['bytes']}")
     if checksums and not problems:
-        rank, world = _world() if collective else (0, 1)
+        rank, world = (ranks.rank(), ranks.world_size()) if collective else (0, 1)
         mine = names[rank::world]
         bar = progress_bar(f"checkpoint verify {ckpt_dir.name}",
                            sum(entries[rel]["bytes"] for rel in mine), progress and rank == 0)
@@ -154,8 +150,8 @@ def verify(ckpt_dir: Path, checksums: bool = True, collective: bool = True,
                 bar.update(entries[rel]["bytes"])
         if bar is not None:
             bar.close()
-    if collective and _world()[1] > 1:
-        parts: list[Any] = [None] * _world()[1]
+    if collective and ranks.world_size() > 1:
+        parts: list[Any] = [None] * ranks.world_size()
         dist.all_gather_object(parts, problems)
         problems = sorted({x for p in parts for x in p})
     return problems

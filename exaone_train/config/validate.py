@@ -15,6 +15,7 @@ from exaone_train.errors import ConfigError
 from exaone_train.model import backend
 from exaone_train.model.layout import SLIDING, layer_types
 from exaone_train.optim.config import validate_optim
+from exaone_train.parallel.dims import ParallelDims
 
 _FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 _CP_COMM_TYPES = ("all_gather", "a2a", "p2p", "a2a+p2p")
@@ -241,15 +242,8 @@ def validate_fp8(cfg: RecipeConfig) -> None:
 
 
 def validate_context_parallel(cfg: RecipeConfig, local: bool) -> None:
-    """cp > 1: the load-balanced layout's length rule and what each attention path runs."""
-    p, m, seq = cfg.parallel, cfg.model, cfg.train.seq_length_tokens
-    # each rank holds chunks r and 2cp-1-r of 2cp (megatron-core's RoPE slices it so)
-    _require(seq % (2 * p.cp) == 0, "train.seq_length_tokens", seq,
-             f"must be divisible by 2*parallel.cp={2 * p.cp} (load-balanced CP chunks)")
-    if p.sequence_parallel:
-        _require((seq // p.cp) % p.tp == 0, "train.seq_length_tokens", seq,
-                 f"each CP rank's {seq // p.cp} tokens must split over parallel.tp={p.tp} "
-                 "(sequence parallelism)")
+    """cp > 1: what each attention path runs (the length rules: `ParallelDims.seq_rule`)."""
+    p, m = cfg.parallel, cfg.model
     if local:
         _require(p.cp_comm_type == "all_gather", "parallel.cp_comm_type", p.cp_comm_type,
                  "the local attention path implements 'all_gather' only (Transformer Engine "
@@ -287,6 +281,7 @@ def validate(cfg: RecipeConfig, runnable_here: bool = True, reads_train_data: bo
     `reads_train_data=False` (plan, NIAH): see `validate_data_stage`."""
     validate_model(cfg.model)
     validate_parallel(cfg.parallel, cfg.model)
+    ParallelDims.of(cfg.parallel).check_seq(cfg.train.seq_length_tokens)
     validate_precision(cfg.precision, require_te_installed=runnable_here)
     validate_fp8(cfg)
     if runnable_here:

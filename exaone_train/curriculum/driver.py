@@ -37,7 +37,8 @@ from exaone_train.curriculum.plan import (
 )
 from exaone_train.curriculum.record import CurriculumRecord
 from exaone_train.errors import CheckpointError, ConfigError
-from exaone_train.parallel import state
+from exaone_train.parallel import ranks, state
+from exaone_train.parallel.dims import ParallelDims
 from exaone_train.train.hardware import detect_gpu_type
 from exaone_train.train.run_dir import prepare_run_dir
 from exaone_train.train.trainer import Trainer
@@ -48,9 +49,6 @@ GATE_STOP_EXIT_CODE = 4  # a gate failed and its policy says stop (not requeued 
 GUARD_STOP_EXIT_CODE = 5  # the stability guard stopped a stage
 
 
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
 
 def run_curriculum(cfg: RecipeConfig) -> int:
     """Walk `cfg.curriculum` on this rank (collective). Returns the process exit status: 0 done,
@@ -60,7 +58,7 @@ def run_curriculum(cfg: RecipeConfig) -> int:
     cfg, choices = _resolve_layouts(cfg)  # `parallel: {auto: true}` stages, before any work
     plan = plan_curriculum(cfg, dist.get_world_size())  # everything validated before any work
     run_dir = prepare_run_dir(cfg)
-    if _rank0():
+    if ranks.is_rank0():
         log.info("%s", format_curriculum(plan))
         _write_plan_json(run_dir, plan, choices)
     code = Driver(cfg, plan, run_dir).run()
@@ -75,7 +73,7 @@ def _resolve_layouts(cfg: RecipeConfig) -> tuple[RecipeConfig, dict]:
     from launcher.layout_search import describe_choice, resolve_stage_layouts
 
     answer: list[Any] = [None]
-    if _rank0():
+    if ranks.is_rank0():
         choices: dict[str, dict] = {}
         try:
             answer = [(resolve_stage_layouts(cfg, dist.get_world_size(), choices=choices),
@@ -87,7 +85,7 @@ def _resolve_layouts(cfg: RecipeConfig) -> tuple[RecipeConfig, dict]:
     resolved, choices, error = answer[0]
     if error is not None:
         raise error
-    if _rank0():
+    if ranks.is_rank0():
         for name, choice in choices.items():
             log.info("stage %s: parallel auto -> %s", name, describe_choice(choice))
     return resolved, choices
@@ -164,12 +162,12 @@ class Driver:
                 continue
             if decision == gates.STOP:
                 return self._gate_stop(st, entry)
-            if decision == gates.CONTINUE and _rank0():
+            if decision == gates.CONTINUE and ranks.is_rank0():
                 log.warning("stage %s: gate failed (%s); on_fail=continue: going on", st.name,
                             "; ".join(entry["gate"]["reasons"]))
             if st.index + 1 == len(self.plan.stages):
                 self.record.finish("completed")
-                if _rank0():
+                if ranks.is_rank0():
                     log.info("curriculum %s completed at step %d (%d tokens)", self.plan.name,
                              t.step, t.consumed_tokens)
                 return 0
@@ -196,7 +194,7 @@ class Driver:
             t.begin_stage(nxt.recipe, nxt.name, nxt.schedule_span)
         else:  # another layout: reshard-load the stage-final checkpoint (model and optimizer)
             path = t.checkpointing.manager.dir / iter_name(t.step)
-            if _rank0():
+            if ranks.is_rank0():
                 log.info("stage %s: layout %s -> %s, loading %s", nxt.name,
                          _layout(t.cfg), _layout(nxt.recipe), path)
             t.end()
@@ -207,7 +205,7 @@ class Driver:
             t.enter_stage(nxt.name, nxt.schedule_span)
         t.curriculum_state = self._position(nxt, 0, short_loss)
         self.record.progress(nxt.index, 0, 0)
-        if _rank0():
+        if ranks.is_rank0():
             log.info("stage %s (%d of %d): data stage %s, seq %d, %d steps", nxt.name,
                      nxt.index + 1, len(self.plan.stages), nxt.recipe.train.data_stage,
                      nxt.recipe.train.seq_length_tokens, nxt.steps)
@@ -238,7 +236,7 @@ class Driver:
         if i >= len(names) or names[i] != position["stage"]:
             raise CheckpointError(f"{path}: saved in stage {position['stage']!r} (#{i}); this "
                                   f"curriculum's stages are {names}")
-        if _rank0():
+        if ranks.is_rank0():
             log.info("curriculum %s: resuming stage %s (attempt %d) from %s", self.plan.name,
                      position["stage"], position["attempt"], path)
         return path, position
@@ -263,7 +261,7 @@ class Driver:
         crit = gates.criteria(st.gate, self.cfg.curriculum.validation)
         entry = self.record.find(st.index, attempt, t.step, crit)
         if entry is not None:
-            if _rank0():
+            if ranks.is_rank0():
                 log.info("stage %s attempt %d: gate result recorded at step %d reused", st.name,
                          attempt, t.step)
         else:
@@ -276,7 +274,7 @@ class Driver:
                      "gate": {**result, "criteria": crit}}
         entry["decision"] = gates.decide(entry["gate"]["passed"], st.gate, attempt)
         self.record.add_attempt(st.index, entry)
-        if _rank0():
+        if ranks.is_rank0():
             loss = "" if entry["short_loss"] is None else (
                 f", short-context loss {entry['short_loss']:.4f}")
             log.info("stage %s attempt %d at step %d: gate %s%s -> %s", st.name, attempt, t.step,
@@ -293,7 +291,7 @@ class Driver:
                f"from it once the recipe changes (curriculum.stages.{st.index}.gate: a threshold, "
                "max_retries, on_fail=continue).")
         self.record.finish("stopped", msg)
-        if _rank0():
+        if ranks.is_rank0():
             log.error("%s", msg)
         return GATE_STOP_EXIT_CODE
 
@@ -309,5 +307,4 @@ class Driver:
 
 
 def _layout(cfg: RecipeConfig) -> str:
-    p = cfg.parallel
-    return f"tp{p.tp} pp{p.pp} ep{p.ep} cp{p.cp}"
+    return ParallelDims.of(cfg.parallel).describe()

@@ -18,6 +18,7 @@ from exaone_train.config.validate import validate_backend, validate_batching, va
 from exaone_train.curriculum.config import ON_FAIL, CurriculumStageConfig, GateConfig
 from exaone_train.errors import ConfigError
 from exaone_train.optim.config import OptimConfig, decay_tokens_of, validate_schedule
+from exaone_train.parallel.dims import ParallelDims
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -100,6 +101,7 @@ class CurriculumPlan:
 
 
 def _layout_dict(p: ParallelConfig) -> dict[str, Any]:
+    """A stage's layout in plan.json (`curriculum status` prints it)."""
     return {"tp": p.tp, "pp": p.pp, "virtual_pp": p.virtual_pp, "ep": p.ep, "cp": p.cp}
 
 
@@ -158,6 +160,7 @@ def _check_layout(recipe: RecipeConfig, where: str, world_size: int | None) -> N
     p, t = recipe.parallel, recipe.train
     try:
         validate_parallel(p, recipe.model)
+        ParallelDims.of(p).check_seq(t.seq_length_tokens)
         validate_backend(recipe)
     except ConfigError as e:
         field = e.field.replace("train.seq_length_tokens", f"{where}.seq_length_tokens")
@@ -165,12 +168,11 @@ def _check_layout(recipe: RecipeConfig, where: str, world_size: int | None) -> N
         raise ConfigError(field, e.value, e.rule) from None
     if world_size is None:
         return
-    model_parallel = p.tp * p.pp * p.cp
-    _require(world_size % model_parallel == 0, f"{where}.parallel", _layout_dict(p),
-             f"tp*pp*cp={model_parallel} must divide the world size {world_size}")
+    dims = ParallelDims.of(p, world_size)
+    rule = dims.world_rule()
+    _require(rule is None, f"{where}.parallel", dims.describe(), rule or "")
     try:
-        validate_batching(t.global_batch_samples, t.micro_batch_samples,
-                          world_size // model_parallel, p)
+        validate_batching(t.global_batch_samples, t.micro_batch_samples, dims.dp, p)
     except ConfigError as e:
         raise ConfigError(f"{where}.global_batch_samples", e.value, e.rule) from None
 
@@ -243,14 +245,13 @@ def _check_validation(cfg: RecipeConfig, plan: CurriculumPlan, world_size: int |
     seq = cfg.data.stages[v.data_stage].seq_length
     for st in plan.stages:
         p = st.recipe.parallel
-        _require(seq % (2 * p.cp) == 0, f"{w}.data_stage", v.data_stage,
-                 f"seq_length={seq} must be divisible by 2*cp={2 * p.cp} (stage '{st.name}')")
-        _require(not p.sequence_parallel or (seq // p.cp) % p.tp == 0, f"{w}.data_stage",
-                 v.data_stage, f"seq_length/cp must split over tp={p.tp} (stage '{st.name}')")
+        dims = ParallelDims.of(p, world_size)
+        rule = dims.seq_rule(seq)
+        _require(rule is None, f"{w}.data_stage", v.data_stage,
+                 f"seq_length={seq} {rule} (stage '{st.name}')")
         if world_size is not None:
             try:
-                validate_batching(v.num_samples, v.micro_batch_samples,
-                                  world_size // (p.tp * p.pp * p.cp), p)
+                validate_batching(v.num_samples, v.micro_batch_samples, dims.dp, p)
             except ConfigError as e:
                 raise ConfigError(f"{w}.num_samples", v.num_samples,
                                   f"{e.rule} (stage '{st.name}')") from None

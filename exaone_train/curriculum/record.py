@@ -26,11 +26,9 @@ from typing import Any
 
 import torch.distributed as dist
 
+from exaone_train.parallel import ranks
+
 FILE = "curriculum.json"
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _broadcast(obj: Any) -> Any:
@@ -46,7 +44,7 @@ class CurriculumRecord:
         """`fresh`: the run starts from scratch (an old file is replaced)."""
         self.path = Path(run_dir) / FILE
         old = None
-        if _rank0() and not fresh and self.path.is_file():
+        if ranks.is_rank0() and not fresh and self.path.is_file():
             old = json.loads(self.path.read_text())
         old = _broadcast(old)
         self.data: dict[str, Any] = old or {"initial_short_loss": None}
@@ -96,7 +94,7 @@ class CurriculumRecord:
         self.write()
 
     def write(self) -> None:
-        if not _rank0():
+        if not ranks.is_rank0():
             return
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2))

@@ -57,6 +57,7 @@ from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.eval.niah_samples import NiahSample, load_haystacks, make_samples
 from exaone_train.parallel import state
 from exaone_train.parallel.context import load_balanced_positions, slice_for_cp_rank
+from exaone_train.parallel.dims import ParallelDims
 from exaone_train.train.step import reset_moe_aux_scale
 
 log = logging.getLogger("exaone_train")
@@ -91,7 +92,7 @@ def validate_niah(cfg: NiahConfig, recipe: Any, where: str = "niah") -> None:
     or layout cannot run. `recipe` is a RecipeConfig."""
     _check_values(cfg, where)
     m, t, p = recipe.model, recipe.train, recipe.parallel
-    multiple = (2 * p.cp if p.cp > 1 else 1) * (p.tp if p.sequence_parallel else 1)
+    dims = ParallelDims.of(p)
     for n in cfg.lengths:
         if n > m.max_position_embeddings:
             raise ConfigError(f"{where}.lengths", cfg.lengths, f"{n} exceeds the model's position "
@@ -99,10 +100,9 @@ def validate_niah(cfg: NiahConfig, recipe: Any, where: str = "niah") -> None:
         if n > t.seq_length_tokens:
             raise ConfigError(f"{where}.lengths", cfg.lengths, f"{n} exceeds the stage's "
                               f"train.seq_length_tokens={t.seq_length_tokens}")
-        if n % multiple:
-            raise ConfigError(f"{where}.lengths", cfg.lengths,
-                              f"{n} must be divisible by {multiple} (2*parallel.cp={2 * p.cp} "
-                              f"under CP, parallel.tp={p.tp} under sequence parallelism)")
+        rule = dims.seq_rule(n)
+        if rule:
+            raise ConfigError(f"{where}.lengths", cfg.lengths, f"{n}: {rule}")
 
 
 def _check_values(cfg: NiahConfig, where: str) -> None:

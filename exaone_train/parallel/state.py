@@ -14,7 +14,8 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from exaone_train.config.schema import ParallelConfig
 from exaone_train.errors import ConfigError
-from exaone_train.parallel import cpu_support
+from exaone_train.parallel import cpu_support, ranks
+from exaone_train.parallel.dims import ParallelDims
 
 
 def _free_port() -> int:
@@ -54,11 +55,10 @@ def init_distributed(timeout_minutes: int = 30) -> None:
 
 def init_model_parallel(p: ParallelConfig, seed: int) -> None:
     """megatron-core's TP/PP/VPP/CP/EP/DP groups for `p`, and the per-rank RNG streams."""
-    world = dist.get_world_size()
-    model_parallel = p.tp * p.pp * p.cp
-    if world % model_parallel:
-        raise ConfigError("parallel", f"tp={p.tp} pp={p.pp} cp={p.cp}",
-                          f"tp*pp*cp={model_parallel} must divide the world size {world}")
+    dims = ParallelDims.of(p, dist.get_world_size())
+    rule = dims.world_rule()
+    if rule:
+        raise ConfigError("parallel", dims.describe(), rule)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
@@ -82,6 +82,17 @@ def teardown() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def current_dims() -> ParallelDims:
+    """The layout this process runs under (megatron-core's groups; world 1 without them)."""
+    ps = parallel_state
+    if not ps.model_parallel_is_initialized():
+        return ParallelDims(world_size=ranks.world_size())
+    return ParallelDims(
+        tp=ps.get_tensor_model_parallel_world_size(), pp=ps.get_pipeline_model_parallel_world_size(),
+        cp=ps.get_context_parallel_world_size(), ep=ps.get_expert_model_parallel_world_size(),
+        etp=ps.get_expert_tensor_parallel_world_size(), world_size=ranks.world_size())
 
 
 def rank_prefix() -> str:

@@ -17,26 +17,15 @@ import torch
 import torch.distributed as dist
 
 from exaone_train.config.schema import GuardConfig, LoggingConfig
+from exaone_train.train.hooks import Callback, StopTraining, TrainerView
 
 if TYPE_CHECKING:
     from exaone_train.train.step import StepResult
-    from exaone_train.train.trainer import Trainer
+
+__all__ = ["Callback", "StopTraining", "StabilityGuard", "Throughput", "MoEStats",
+           "ConsoleLogger", "JsonlLogger", "WandbLogger", "is_logging_rank"]
 
 log = logging.getLogger("exaone_train")
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end the run cleanly (after a final checkpoint)."""
-
-
-class Callback:
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    def on_step_start(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
-    def state_dict(self) -> dict:
-        return {}
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 def is_logging_rank() -> bool:
@@ -65,7 +54,7 @@ class StabilityGuard(Callback):
                 return f"loss spike ({loss:.4f} vs mean {mean:.4f}, std {std:.4f})"
         return None
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         step = trainer.step
         if not result.skipped:
             self.history.append(result.loss)
@@ -99,10 +88,10 @@ class Throughput(Callback):
         self.flops_per_token, self.peak = flops_per_token, peak_flops_per_gpu
         self.t0 = time.perf_counter()
 
-    def on_step_start(self, trainer: Trainer) -> None:
+    def on_step_start(self, trainer: TrainerView) -> None:
         self.t0 = time.perf_counter()
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         dt = time.perf_counter() - self.t0
         tokens = trainer.global_batch_tokens
         trainer.metrics["step_time_s"] = dt
@@ -140,11 +129,11 @@ class MoEStats(Callback):
             self.expected[name] = self.expected.get(name, 0) + routing_map.shape[0] * router.topk
         return hook
 
-    def on_step_start(self, trainer: Trainer) -> None:
+    def on_step_start(self, trainer: TrainerView) -> None:
         self.loads.clear()
         self.expected.clear()
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         from megatron.core import parallel_state
 
         routers = [(name, router) for name, router in self.routers if name in self.loads]
@@ -165,7 +154,7 @@ class MoEStats(Callback):
         self._aux_losses(trainer)
 
     @staticmethod
-    def _layer_metrics(trainer: Trainer, routers: list, rows: list[list[float]]) -> None:
+    def _layer_metrics(trainer: TrainerView, routers: list, rows: list[list[float]]) -> None:
         for (name, router), (load_min, load_max, cv, _) in zip(routers, rows, strict=True):
             layer = name.split("layers.")[-1].split(".")[0] if "layers." in name else name
             key = f"moe/layer{layer}"
@@ -183,7 +172,7 @@ class MoEStats(Callback):
                       trainer.prefix, dropped_total)
 
     @staticmethod
-    def _aux_losses(trainer: Trainer) -> None:
+    def _aux_losses(trainer: TrainerView) -> None:
         from megatron.core.transformer.moe import moe_utils
         from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
@@ -210,7 +199,7 @@ class ConsoleLogger(Callback):
     def __init__(self, cfg: LoggingConfig) -> None:
         self.every = max(1, cfg.interval_steps)
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         if trainer.step % self.every and not result.skipped:
             return
         m = trainer.metrics
@@ -232,7 +221,7 @@ class JsonlLogger(Callback):
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         if not is_logging_rank():
             return
         record = {"step": trainer.step, "loss": result.loss, "skipped": result.skipped,
@@ -249,7 +238,7 @@ class WandbLogger(Callback):
     def __init__(self, cfg: LoggingConfig, run_dir: Path, config: dict) -> None:
         self.cfg, self.run_dir, self.config, self.run = cfg, Path(run_dir), config, None
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         if not is_logging_rank() or self.cfg.wandb_mode == "disabled":
             return
         import wandb
@@ -260,12 +249,12 @@ class WandbLogger(Callback):
                               config=self.config, name=self.run_dir.name, resume="allow",
                               id=f"{self.run_dir.name}")
 
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+    def on_step_end(self, trainer: TrainerView, result: StepResult) -> None:
         if self.run is not None:
             self.run.log({"loss": result.loss, "grad_norm": result.grad_norm or 0.0,
                           **trainer.metrics}, step=trainer.step)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if self.run is not None:
             self.run.finish()
             self.run = None

@@ -22,6 +22,7 @@ from exaone_train.model.builder import build_model
 from exaone_train.model.counts import training_flops_per_token
 from exaone_train.parallel import state
 from exaone_train.train import callbacks as cb
+from exaone_train.train.hooks import callback_states, load_callback_states
 from exaone_train.train.run_dir import prepare_run_dir
 from exaone_train.train.step import StepResult, collate, thd_tp_split, train_step
 
@@ -176,14 +177,16 @@ class Trainer:
     def enter_stage(self, name: str, schedule_span: tuple[int, int] | None) -> None:
         """Start counting a new stage here (its data must be at sample 0)."""
         if self.stage_steps() > 0:  # the finished stage's counters stay in train_state.json
-            self.stage_progress[self.stage_name] = {
-                "steps": self.stage_steps(), "consumed_samples":
-                self.consumed_samples - self.stage_start["samples"],
-                "consumed_tokens": self.stage_tokens()}
+            self.stage_progress[self.stage_name] = self._stage_counters()
         self.stage_name, self.schedule_span = name, schedule_span
         self.stage_start = {"step": self.step, "samples": self.consumed_samples,
                             "tokens": self.consumed_tokens}
         self.guard.history.clear()  # the loss level moves with data and length: a new window
+
+    def _stage_counters(self) -> dict:
+        return {"steps": self.stage_steps(),
+                "consumed_samples": self.consumed_samples - self.stage_start["samples"],
+                "consumed_tokens": self.stage_tokens()}
 
     def begin_stage(self, cfg: RecipeConfig, name: str,
                     schedule_span: tuple[int, int] | None) -> None:
@@ -218,6 +221,37 @@ class Trainer:
             return self.consumed_tokens
         start, length = self.schedule_span
         return start + min(self.stage_tokens(), length)
+
+    # ---- state (train_state.json) ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything but model and optimizer that an exact resume needs (JSON-able): the
+        counters, per-stage progress, LR position, data position, each callback's state and
+        the curriculum driver's position."""
+        out = {"step": self.step, "consumed_samples": self.consumed_samples,
+               "consumed_tokens": self.consumed_tokens, "stage": self.stage_name,
+               "stages": {**self.stage_progress, self.stage_name: self._stage_counters()},
+               "stage_start": dict(self.stage_start),
+               "schedule": {"consumed_tokens": self.schedule_position()},
+               "data": self.data.state_dict(), "callbacks": callback_states(self.callbacks)}
+        if self.curriculum_state is not None:
+            out["curriculum"] = self.curriculum_state
+        return out
+
+    def load_state_dict(self, state: dict, load_data: bool = True) -> None:
+        """Restore `state_dict()`'s output. `load_data=False` leaves this stage's data at
+        sample 0 (the state is of an earlier curriculum stage)."""
+        self.step = int(state["step"])
+        self.consumed_samples = int(state["consumed_samples"])
+        self.consumed_tokens = int(state["consumed_tokens"])
+        self.stage_progress = state.get("stages", {})
+        self.stage_name = state.get("stage", self.stage_name)
+        self.stage_start = dict(state.get("stage_start", self.stage_start))
+        self.curriculum_state = state.get("curriculum")
+        if load_data:
+            self.data.load_state_dict(state["data"])
+        # checkpoints written before callbacks saved their own state held the guard's alone
+        saved = state["callbacks"] if "callbacks" in state else {self.guard.key(): state["guard"]}
+        load_callback_states(self.callbacks, saved)
 
     def next_batches(self) -> list:
         """This DP rank's micro-batches of the next global batch (world-size-free order)."""

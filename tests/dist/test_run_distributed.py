@@ -32,3 +32,15 @@ def test_asking_for_more_gpus_than_there_are_fails_clearly():
         pytest.skip("this machine has the GPUs")
     with pytest.raises(RuntimeError, match="needs 2 GPUs"):
         run_distributed(_where_am_i, 2, gpus=True)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_ranks_get_the_callers_environment_as_it_is_at_the_call(monkeypatch):
+    """The CPU ranks fork from a forkserver started at the first call: an environment variable
+    set after it started still reaches them (what a spawned rank would see)."""
+    assert run_distributed(_env, 1, "EXAONE_TRAIN_PROBE") == [None]
+    monkeypatch.setenv("EXAONE_TRAIN_PROBE", "set after the server started")
+    assert run_distributed(_env, 2, "EXAONE_TRAIN_PROBE") == ["set after the server started"] * 2

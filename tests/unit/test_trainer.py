@@ -61,6 +61,48 @@ def test_injected_nan_is_skipped_and_counted(tmp_path):
     assert any(not torch.equal(p, before[n]) for n, p in t.model[0].named_parameters())
 
 
+class _Counter(trainer_mod.cb.Callback):
+    """A callback with state: steps it has seen."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_step_end(self, trainer, result) -> None:
+        self.seen += 1
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = state["seen"]
+
+
+def test_state_dict_round_trips_counters_data_and_each_callbacks_state(tmp_path):
+    """What train_state.json holds: `Trainer.state_dict()` (JSON) and `load_state_dict()` give
+    back the counters, the data position and each stateful callback's state (the guard's
+    window, a user callback's); a checkpoint of the older layout (guard at the top) loads too."""
+    cfg = _cfg(tmp_path, "train.seq_length_tokens=64", "checkpoint.enabled=false")
+    state.setup(cfg.parallel, cfg.seed)
+    t = trainer_mod.Trainer(cfg, trainer_mod.prepare_run_dir(cfg))
+    counter = _Counter()
+    t.callbacks.append(counter)
+    t.train_one_step()
+    saved = json.loads(json.dumps(t.state_dict()))
+    assert saved["step"] == 1 and saved["data"] == t.data.state_dict()
+    assert saved["callbacks"]["_Counter"] == {"seen": 1}
+    assert len(saved["callbacks"]["StabilityGuard"]["history"]) == 1
+    assert set(saved["callbacks"]) == {"_Counter", "StabilityGuard"}  # stateless ones: absent
+    t.train_one_step()
+    t.guard.history.clear()
+    t.load_state_dict(saved)
+    assert json.loads(json.dumps(t.state_dict())) == saved and counter.seen == 1
+    legacy = {k: v for k, v in saved.items() if k != "callbacks"}
+    legacy["guard"] = {**saved["callbacks"]["StabilityGuard"], "counts": {"loss_spike": 4}}
+    t.guard.history.clear()
+    t.load_state_dict(legacy)
+    assert t.guard.counts["loss_spike"] == 4 and len(t.guard.history) == 1
+
+
 def test_nonfinite_gradient_is_skipped(tmp_path):
     cfg = _cfg(tmp_path, "train.train_steps=2", "train.seq_length_tokens=64")
     state.setup(cfg.parallel, cfg.seed)
