@@ -93,8 +93,12 @@ def worker(hf_dir: str, out_dir: str, mode: str) -> dict:
 
 def run_worker(hf_dir: Path, out_dir: Path, mode: str) -> dict:
     """`worker` in a fresh process (megatron keeps globals; a clean peak)."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-               TORCHDYNAMO_DISABLE="1")
+    from exaone_train.parallel.ranks import env_without_rendezvous
+
+    # not the caller's rendezvous variables: a test process that ran an in-process group
+    # still has them (and maybe the port): the worker would fail with EADDRINUSE
+    env = env_without_rendezvous(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                                 TORCHDYNAMO_DISABLE="1")
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
             f"from bench.convert_memory import worker; "
             f"print('RESULT', json.dumps(worker({str(hf_dir)!r}, {str(out_dir)!r}, {mode!r})))")

@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
           f"{cfg.model.hidden_size}, {cfg.model.num_experts} experts + shared, MTP "
           f"{cfg.model.mtp_num_layers}; {info['total_params_with_mtp']:,} parameters "
           f"({info['active_params_per_token']:,} active per token)")
-    print("== 3/6 the curriculum")
-    print(format_curriculum(plan_curriculum(cfg)))
+    print("== 3/6 the curriculum (its stage table is printed as it starts)")
+    print("   " + format_curriculum(plan_curriculum(cfg)).splitlines()[0])
     print(f"== 4/6 exaone-train curriculum --recipe {args.recipe} run.dir={run_dir} (preempted after "
           f"stage {args.preempt_after})")
     code = _curriculum(args, run_dir, args.preempt_after)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from exaone_train.parallel.ranks import env_without_rendezvous
+
 REPO = Path(__file__).resolve().parents[2]
 # tiny K-EXAONE, 64-token sequences, 4 samples a step: ~0.15 s a step on 2 CPU cores
 TINY = ["train.data_source=synthetic", "logging.wandb=false", "train.seq_length_tokens=64",
@@ -25,16 +27,9 @@ def train_command(run_dir: str | Path, overrides: list[str], nproc: int = 1) -> 
             f"--nproc-per-node={nproc}", *args]
 
 
-_DIST_VARS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-              "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"}
-
-
 def _env(extra: dict | None) -> dict:
-    # not the caller's torch.distributed variables: an in-process group of the caller (a
-    # test) may still hold its MASTER_PORT
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
-    env.update(OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", WANDB_MODE="offline",
-               PYTHONPATH=str(REPO))
+    env = env_without_rendezvous(OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1",
+                                 WANDB_MODE="offline", PYTHONPATH=str(REPO))
     env.update(extra or {})
     return env
 

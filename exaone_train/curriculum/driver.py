@@ -59,7 +59,10 @@ def run_curriculum(cfg: RecipeConfig) -> int:
     plan = plan_curriculum(cfg, dist.get_world_size())  # everything validated before any work
     run_dir = prepare_run_dir(cfg)
     if ranks.is_rank0():
-        log.info("%s", format_curriculum(plan))
+        text = format_curriculum(plan)  # the table once per run; a resumed run says one line
+        resumed = (Path(run_dir) / "curriculum.json").exists()
+        log.info("%s", f"{text.splitlines()[0]} (resumed: the table is in plan.json)"
+                 if resumed else text)
         _write_plan_json(run_dir, plan, choices)
     code = Driver(cfg, plan, run_dir).run()
     dist.barrier()  # returned on any rank: rank 0 has written curriculum.json
