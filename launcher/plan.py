@@ -21,14 +21,13 @@ Activations: see `activation_formula()` (printed in the plan).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Any
 
 from exaone_train.config.schema import ModelConfig, ParallelConfig, RecipeConfig
 from exaone_train.config.validate import validate_batching, validate_fp8_gpu
 from exaone_train.errors import ConfigError
-from exaone_train.model.backend import uses_transformer_engine
+from exaone_train.model.backend import transformer_engine_installed, uses_transformer_engine
 from exaone_train.model.counts import (
     attention_params,
     dense_ffn_params,
@@ -121,9 +120,10 @@ def _layer_split(m: ModelConfig, is_moe: bool, tp: int, ep: int, expert_tp: int)
 def _stage_params(m: ModelConfig, p: ParallelConfig, stage: dict[str, Any]) -> dict[str, float]:
     moe = moe_layers(m)
     out = {"dense_muon": 0.0, "adamw": 0.0, "expert_muon": 0.0}
+    split = {is_moe: _layer_split(m, is_moe, p.tp, p.ep, p.etp) for is_moe in set(moe)}
     for start, end in stage["layer_ranges"]:
         for i in range(start, end):
-            for k, v in _layer_split(m, moe[i], p.tp, p.ep, p.etp).items():
+            for k, v in split[moe[i]].items():  # layer by layer: the same float sums
                 out[k] += v
     vocab_shard = padded_vocab_size(m, p.tp) * m.hidden_size / p.tp
     if stage["embedding"]:
@@ -460,7 +460,7 @@ def _warnings(cfg: RecipeConfig, lay: dict[str, Any], gpn: int, total_gib: float
         out.append("tp*cp spans nodes: context-parallel ring traffic crosses the network")
     if total_gib >= memory_gib * 0.9:
         out.append(f"estimated {total_gib:.1f} GiB per GPU exceeds 90% of {memory_gib} GiB")
-    if cfg.precision.fp8 and importlib.util.find_spec("transformer_engine") is None:
+    if cfg.precision.fp8 and not transformer_engine_installed():
         out.append(f"precision.fp8={cfg.precision.fp8} needs Transformer Engine on the compute "
                    "nodes (not installed here; the trainer checks again at start)")
     if cfg.precision.transformer_impl == "auto" and not attention_is_flash(cfg):

@@ -4,12 +4,15 @@ No torch import: the dry-run planner on a login node asks the same question."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 from exaone_train.config.schema import PrecisionConfig
 
 
+@functools.cache
 def transformer_engine_installed() -> bool:
+    """Looked up once per process (the layout search asks for each of thousands of plans)."""
     return importlib.util.find_spec("transformer_engine") is not None
 
 

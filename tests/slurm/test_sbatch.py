@@ -174,12 +174,15 @@ def test_a_warning_before_the_job_step_starts_is_kept_and_delivered(tmp_path):
     """The cause of this file's flaky time-limit test: Slurm sends the warning once, at its
     first time-limit check after the start (0-30 s), and it could arrive before train.sh had
     its trap (the default action killed the batch shell: FAILED, ExitCode 0:10) or before srun
-    and the ranks were up (lost: the ranks waited for it in vain). A slow EXAONE_ENV_FILE
-    (31 s, longer than slurmctld's 30 s check period) makes the warning come before srun
-    every time: train.sh keeps it, forwards it once the step runs, and the job is requeued."""
+    and the ranks were up (lost: the ranks waited for it in vain). A slow EXAONE_ENV_FILE makes
+    the warning come before srun every time: it lasts until the batch shell has logged the
+    warning (at most 60 s, two of slurmctld's 30 s check periods; a sleep of 31 s did the same
+    but always took 31 s); train.sh keeps it, forwards it once the step runs, and the job is
+    requeued."""
     run_dir = tmp_path / "run"
     env_file = tmp_path / "slow_site_env.sh"
-    env_file.write_text("sleep 31\n")
+    log = f"{tmp_path}/*-$SLURM_JOB_ID.out"
+    env_file.write_text(f'until grep -qs "got SIGUSR1" {log} || ((SECONDS > 60)); do sleep 1; done\n')
     job = sbatch("train.sh", tmp_path, [f"run.dir={run_dir}"],
                  {"EXAONE_TRAIN_CMD": f"{sys.executable} {STUB}", "STUB_WAIT_FOR_USR1": "1",
                   "EXAONE_ENV_FILE": str(env_file)}, time_min=5)
