@@ -27,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_weights(cfg, chunks) -> str:
     """Load `train.init_from` or the run's newest valid checkpoint into `chunks`; its path."""
-    from exaone_train.checkpoint.dist_state import load_model_state
     from exaone_train.checkpoint.manager import CheckpointManager
-    from exaone_train.checkpoint.model_io import MODEL_DIR
+    from exaone_train.checkpoint.model_checkpoint import MODEL_DIR
+    from exaone_train.checkpoint.model_state import load_model_state
     from exaone_train.errors import CheckpointError
 
     if cfg.train.init_from:

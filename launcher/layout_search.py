@@ -1,7 +1,8 @@
 """`parallel: {auto: true}` for a curriculum stage: search TP / PP / VPP / EP / expert-TP / CP,
 activation recompute and the distributed optimizer for the stage's sequence length on the job's
-world size and GPU memory; keep the layouts that fit (the memory model of `launcher/plan.py`,
-`make_plan`), rank them by a step-time estimate (`step_time_estimate`) and take the fastest.
+world size and GPU memory; keep the layouts that fit (the memory model of
+`launcher/resource_plan.py`, `make_plan`), rank them by a step-time estimate
+(`step_time_estimate`) and take the fastest.
 
 The driver resolves every auto stage before the first step (`resolve_stage_layouts`), logs the
 winner and writes it to plan.json; `exaone-train plan` and `exaone-train launch` run the same
@@ -43,7 +44,7 @@ from exaone_train.errors import ConfigError
 from exaone_train.model.counts import attention_context_tokens, training_flops_per_token
 from exaone_train.model.layout import moe_layers as moe_layer_flags
 from exaone_train.train.hardware import detect_gpu_type, gpu_spec
-from launcher.plan import (
+from launcher.resource_plan import (
     DEFAULT_MFU,
     GIB,
     check_layout,
@@ -331,7 +332,7 @@ def resolve_stage_layouts(cfg: RecipeConfig, world_size: int, gpus_per_node: int
     """`cfg` with every `parallel: {auto: true}` stage replaced by its searched layout for
     `world_size` GPUs (ConfigError before any work when none fits, naming the smallest world
     that would). `choices`, when given, receives per auto stage what was chosen and why."""
-    from exaone_train.curriculum.plan import stage_recipe
+    from exaone_train.curriculum.stages import stage_recipe
 
     if not any(s.parallel.auto for s in cfg.curriculum.stages):
         return cfg

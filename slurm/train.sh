@@ -36,7 +36,7 @@
 #                        (default 10; 0: forward once), at most EXAONE_SIGNAL_RESENDS times
 #                        (default 30: the 300 s warning window). Every process of the step
 #                        gets each one: helpers the trainer starts block them
-#                        (exaone_train/checkpoint/signals.py blocked_while)
+#                        (exaone_train/checkpoint/preemption.py blocked_while)
 #   EXAONE_TRAIN_CMD     command replacing `python -m launcher <command>` (tests, debugging)
 #   MASTER_PORT          rendezvous port (default: 20000 + job id mod 20000)
 # Set here unless already set:

@@ -1,5 +1,5 @@
-"""A model checkpoint (`checkpoint.model_io` format, megatron-core torch_dist) written and read
-a tensor at a time, for models that do not fit in host memory.
+"""A model checkpoint (`checkpoint.model_checkpoint` format, megatron-core torch_dist) written and
+read a tensor at a time, for models that do not fit in host memory.
 
 Write (`save_streaming`): the model is built on the meta device and megatron-core's
 `dist_checkpointing.save` runs on its sharded state dict as for any save (factories, sharding
@@ -45,7 +45,11 @@ from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, WriteItem, 
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from exaone_train.checkpoint import progress
-from exaone_train.checkpoint.model_io import MODEL_DIR, sharded_model_state_dict, write_config
+from exaone_train.checkpoint.model_checkpoint import (
+    MODEL_DIR,
+    sharded_model_state_dict,
+    write_config,
+)
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.errors import CheckpointError
 

@@ -84,7 +84,7 @@ def test_run_dir_that_is_a_file_is_a_config_error(tmp_path, capsys, inside):
 def test_checkpoints_saved_with_retired_settings_still_read(tmp_path):
     """`extra`, `train.eval_interval_steps`, `run.name` were never read and left the schema;
     a config.yaml written before (every checkpoint's) still loads."""
-    from exaone_train.checkpoint.model_io import read_config
+    from exaone_train.checkpoint.model_checkpoint import read_config
 
     cfg = OmegaConf.to_container(compose_recipe("tiny_cpu", []))
     cfg["extra"] = {"converted_from": "/somewhere"}
