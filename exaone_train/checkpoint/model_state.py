@@ -15,6 +15,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from exaone_train.checkpoint.model_checkpoint import sharded_model_state_dict
 from exaone_train.errors import CheckpointError
+from exaone_train.parallel import ranks
 
 
 def unwrap(chunk: Any) -> Any:
@@ -63,7 +64,7 @@ def _keys_of_all_ranks(keys) -> set[str]:
     """The union of every rank's `keys` (collective when torch.distributed is initialized)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if ranks.world_size() == 1:
         return set(keys)
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, sorted(keys))
