@@ -92,6 +92,7 @@ class _Chunks:
         self.entries, self.produce, self.bar = entries, produce, bar
         self.owner = {_chunk_id(c): key for key, e in entries.items() for c in _chunks(e)}
         self.last: tuple[str, torch.Tensor] | None = None
+        self.written: torch.Tensor | None = None
 
     def _full(self, key: str) -> torch.Tensor:
         if self.last is None or self.last[0] != key:
@@ -112,10 +113,23 @@ class _Chunks:
             built = _chunks(dataclasses.replace(entry, data=full))
             full = next(c.data for c in built if _chunk_id(c) == cid)
         assert item.tensor_data is not None
-        chunk = full.reshape(item.tensor_data.chunk.sizes)
+        self._free_written()
+        chunk = full.reshape(item.tensor_data.chunk.sizes).clone()
         if self.bar is not None:
             self.bar.update(chunk.numel() * chunk.element_size())
+        self.written = chunk
         return chunk
+
+    def _free_written(self) -> None:
+        """Free the previous chunk's memory: it has been written (one writer thread, no
+        copy-ahead: DCP resolves the next item only after writing the last), but torch DCP's
+        FileSystemWriter keeps every tensor of a file in a dict (`tensor_dict`, used only
+        for its safetensors format) until the file is done: the whole checkpoint but for
+        the chunks of one key that overwrite each other. So every chunk is our own copy,
+        whose storage is emptied here (bench/RESULTS.md, HF conversion memory)."""
+        if self.written is not None:
+            self.written.untyped_storage().resize_(0)
+            self.written = None
 
 
 class _LazyPlanner(MCoreSavePlanner):
