@@ -23,7 +23,7 @@ a cross-check (it also sees allocator slack). Saved-for-backward bytes come from
 `torch.autograd.graph.saved_tensors_hooks` during the forward (distinct storages, the input
 q/k/v excluded: in a real layer they are the post-RoPE activations the planner already counts),
 per query token: the measured constant the planner's formula is checked against
-(`launcher.plan.blockwise_saved_bytes_per_token`). The old 16K point would hold ~50 GB: it
+(`launcher.resource_plan.blockwise_saved_bytes_per_token`). The old 16K point would hold ~50 GB: it
 is extrapolated (c * s^2 fitted to the measured 4K point) and marked so, unless --dense-max-gib
 allows it.
 
@@ -53,7 +53,7 @@ OLD_BYTES_PER_SCORE_GUESS = 16  # only to decide whether a dense point is run or
 
 
 def recipe():
-    from launcher.plan import load_for_plan
+    from launcher.resource_plan import load_for_plan
 
     return load_for_plan("kexaone_236b", ["precision=fp32", "precision.transformer_impl=local",
                                           f"parallel.tp={TP}"])
@@ -219,7 +219,7 @@ def _line(r: dict) -> str:
 def planned_peak(kind: str, seq: int, e: int = 4) -> float:
     """The planner's forecast of the new path's peak above the inputs (CP 1): the saved fp32
     output + LSE, the layer's output, one backward's working set."""
-    from launcher.plan import blockwise_saved_bytes_per_token, blockwise_working_bytes
+    from launcher.resource_plan import blockwise_saved_bytes_per_token, blockwise_working_bytes
 
     _, m = attention_module(kind)
     output = e * m.num_attention_heads / TP * m.head_dim * seq
@@ -254,7 +254,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 def saved_constants(seq: int) -> list[str]:
     """Measured blockwise saved bytes per query token (beyond q/k/v) vs the planner's."""
-    from launcher.plan import blockwise_saved_bytes_per_token
+    from launcher.resource_plan import blockwise_saved_bytes_per_token
 
     _, m = attention_module("sliding")
     out = []

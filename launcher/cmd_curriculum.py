@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return run_status(args)
     from exaone_train.config.load import load_recipe
     from exaone_train.curriculum.driver import run_curriculum
-    from exaone_train.curriculum.plan import plan_curriculum
+    from exaone_train.curriculum.stages import plan_curriculum
     from exaone_train.parallel import state
 
     cfg = load_recipe(args.recipe, args.overrides)

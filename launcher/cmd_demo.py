@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from data_pipeline.build import build
     from exaone_train import console
     from exaone_train.config.load import load_recipe
-    from exaone_train.curriculum.plan import format_curriculum, plan_curriculum
+    from exaone_train.curriculum.stages import format_curriculum, plan_curriculum
     from exaone_train.export.convert import convert_to_hf
     from exaone_train.export.forward import evaluate_loss
     from exaone_train.model.counts import model_info

@@ -64,13 +64,13 @@ def check_plan(recipe: str, overrides: list[str], world_size: int | None,
     """Fail before the rendezvous (and in --dry-run) when the recipe breaks a rule of
     validate(), or its layout (a curriculum: every stage's, `parallel: auto` resolved) cannot
     run on `world_size` (when known: --nproc-per-node N)."""
-    from launcher.plan import load_for_plan, make_plan
+    from launcher.resource_plan import load_for_plan, make_plan
 
     cfg = load_for_plan(recipe, overrides)
     if world_size is None:
         return
     if command == "curriculum":
-        from exaone_train.curriculum.plan import plan_curriculum
+        from exaone_train.curriculum.stages import plan_curriculum
         from launcher.layout_search import resolve_stage_layouts
 
         plan_curriculum(resolve_stage_layouts(cfg, world_size), world_size)

@@ -27,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_weights(cfg, chunks) -> str:
     """Load `train.init_from` or the run's newest valid checkpoint into `chunks`; its path."""
-    from exaone_train.checkpoint.dist_state import load_model_state
     from exaone_train.checkpoint.manager import CheckpointManager
-    from exaone_train.checkpoint.model_io import MODEL_DIR
+    from exaone_train.checkpoint.model_checkpoint import MODEL_DIR
+    from exaone_train.checkpoint.model_state import load_model_state
     from exaone_train.errors import CheckpointError
 
     if cfg.train.init_from:
@@ -46,11 +46,9 @@ def load_weights(cfg, chunks) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     from exaone_train.config.load import load_recipe
     from exaone_train.eval.niah import run_niah, validate_niah
-    from exaone_train.parallel import state
+    from exaone_train.parallel import ranks, state
     from exaone_train.train.trainer import build_model_chunks
 
     cfg = load_recipe(args.recipe, args.overrides, reads_train_data=False)  # haystacks: eval.niah
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out or cfg.run.dir)
         report = run_niah(SimpleNamespace(model=chunks, cfg=cfg), cfg.eval.niah, out, args.name,
                           "eval.niah")
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if ranks.is_rank0():
             print(json.dumps(report.to_dict(), indent=1) if args.json
                   else format_grid(report, source, out / "niah" / f"{args.name}.json"))
     finally:

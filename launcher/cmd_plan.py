@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from launcher.plan import DEFAULT_MFU, load_for_plan, make_plan
+    from launcher.resource_plan import DEFAULT_MFU, load_for_plan, make_plan
 
     cfg = load_for_plan(args.recipe, args.overrides)
     world, gpus_per_node = world_of(cfg, args.nodes, args.gpus_per_node)
@@ -60,7 +60,7 @@ def curriculum_plan_with_search(cfg: Any, world: int, **common: Any) -> dict[str
     for this world (a stage that fits nowhere here carries the search's error)."""
     from exaone_train.errors import ConfigError
     from launcher.layout_search import resolve_stage_layouts
-    from launcher.plan import curriculum_plan
+    from launcher.resource_plan import curriculum_plan
 
     if not cfg.curriculum.stages:
         return None
@@ -84,7 +84,7 @@ def curriculum_plan_with_search(cfg: Any, world: int, **common: Any) -> dict[str
 def world_of(cfg: Any, nodes: int | None, gpus_per_node: int | None) -> tuple[int, int]:
     """(world size, GPUs per node): as given, else the smallest world the recipe runs on: whole
     nodes of `gpus_per_node` when given, else part of one 8-GPU node or whole 8-GPU nodes."""
-    from launcher.plan import smallest_world
+    from launcher.resource_plan import smallest_world
 
     gpn = gpus_per_node or DEFAULT_GPUS_PER_NODE
     if nodes is not None:

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exaone_train.checkpoint import signals
+    from exaone_train.checkpoint import preemption
     from exaone_train.config.load import load_recipe
     from exaone_train.parallel import state
     from exaone_train.train.trainer import main
@@ -25,4 +25,4 @@ def run(args: argparse.Namespace) -> int:
         main(cfg)
     finally:
         state.teardown()
-    return signals.exit_code()  # 3: stopped on SIGTERM/SIGUSR1 after a checkpoint (requeue)
+    return preemption.exit_code()  # 3: stopped on SIGTERM/SIGUSR1 after a checkpoint (requeue)

@@ -1,7 +1,8 @@
 """`parallel: {auto: true}` for a curriculum stage: search TP / PP / VPP / EP / expert-TP / CP,
 activation recompute and the distributed optimizer for the stage's sequence length on the job's
-world size and GPU memory; keep the layouts that fit (the memory model of `launcher/plan.py`,
-`make_plan`), rank them by a step-time estimate (`step_time_estimate`) and take the fastest.
+world size and GPU memory; keep the layouts that fit (the memory model of
+`launcher/resource_plan.py`, `make_plan`), rank them by a step-time estimate
+(`step_time_estimate`) and take the fastest.
 
 The driver resolves every auto stage before the first step (`resolve_stage_layouts`), logs the
 winner and writes it to plan.json; `exaone-train plan` and `exaone-train launch` run the same
@@ -42,8 +43,9 @@ from exaone_train.curriculum.config import StageParallelConfig
 from exaone_train.errors import ConfigError
 from exaone_train.model.counts import attention_context_tokens, training_flops_per_token
 from exaone_train.model.layout import moe_layers as moe_layer_flags
+from exaone_train.parallel.dims import ParallelDims
 from exaone_train.train.hardware import detect_gpu_type, gpu_spec
-from launcher.plan import (
+from launcher.resource_plan import (
     DEFAULT_MFU,
     GIB,
     check_layout,
@@ -117,7 +119,7 @@ def _structures(recipe: RecipeConfig, fixed: dict[str, Any],
                           if m.num_query_groups % x == 0 and m.ffn_hidden_size % x == 0]):
         for pp in opts("pp", [x for x in _divisors(m.num_layers) if world % (tp * x) == 0]):
             for cp in opts("cp", [x for x in _divisors(world // (tp * pp))
-                                  if x == 1 or seq % (2 * x) == 0]):
+                                  if ParallelDims(cp=x).seq_rule(seq) is None]):
                 vpps = [None] + [v for v in VIRTUAL_PP_CHOICES if pp > 1 and
                                  m.num_layers % (pp * v) == 0]
                 for vpp in opts("virtual_pp", vpps):
@@ -136,7 +138,7 @@ def _accepted(recipe: RecipeConfig, p: ParallelConfig, world: int) -> bool:
         validate_parallel(p, recipe.model)
         check_layout(p, recipe.model, world, t.seq_length_tokens)
         validate_batching(t.global_batch_samples, t.micro_batch_samples,
-                          world // (p.tp * p.pp * p.cp), p)
+                          ParallelDims.of(p, world).dp, p)
         validate_backend(dataclasses.replace(recipe, parallel=p))
     except ConfigError:
         return False
@@ -331,7 +333,7 @@ def resolve_stage_layouts(cfg: RecipeConfig, world_size: int, gpus_per_node: int
     """`cfg` with every `parallel: {auto: true}` stage replaced by its searched layout for
     `world_size` GPUs (ConfigError before any work when none fits, naming the smallest world
     that would). `choices`, when given, receives per auto stage what was chosen and why."""
-    from exaone_train.curriculum.plan import stage_recipe
+    from exaone_train.curriculum.stages import stage_recipe
 
     if not any(s.parallel.auto for s in cfg.curriculum.stages):
         return cfg

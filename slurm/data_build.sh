@@ -31,33 +31,18 @@
 #SBATCH --output=%x-%A_%a.out
 set -euo pipefail
 
-log() { echo "[data_build.sh $(date +%FT%T) job ${SLURM_JOB_ID:-none}] $*"; }
-die() { log "error: $*" >&2; exit 1; }
+LOG_TAG=data_build.sh
 
-repo_root() {
-  # sbatch runs a spooled copy of this script, so $0 does not point into the repo.
-  if [[ -n ${EXAONE_TRAIN_ROOT:-} ]]; then echo "$EXAONE_TRAIN_ROOT"; return; fi
-  local script
-  script=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  if [[ -n $script && -f $script ]]; then
-    cd "$(dirname "$script")/.." && pwd
-  else
-    echo "${SLURM_SUBMIT_DIR:-$PWD}"
+source_lib() {  # sbatch runs a spooled copy of this script: find the checkout's slurm/lib.sh
+  local root=${EXAONE_TRAIN_ROOT:-} cmd
+  if [[ -z $root ]]; then  # the submitted script (scontrol's Command), else the submit dir
+    cmd=$(scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null |
+          sed -n 's/^ *Command=\([^ ]*\).*/\1/p') || true
+    if [[ -f $cmd ]]; then root=$(dirname "$cmd")/..; else root=${SLURM_SUBMIT_DIR:-$PWD}; fi
   fi
-}
-
-setup_env() {
-  ROOT=$(repo_root)
-  [[ -d $ROOT/data_pipeline ]] || die "no exaone-train checkout at $ROOT (set EXAONE_TRAIN_ROOT)"
-  local venv=${EXAONE_VENV:-$ROOT/.venv}
-  [[ -f $venv/bin/activate ]] || die "no virtualenv at $venv (set EXAONE_VENV; see README install)"
-  # shellcheck disable=SC1091
-  source "$venv/bin/activate"
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  if [[ -n ${EXAONE_ENV_FILE:-} ]]; then
-    # shellcheck disable=SC1090
-    source "$EXAONE_ENV_FILE"
-  fi
+  [[ -f $root/slurm/lib.sh ]] ||
+    { echo "error: no exaone-train checkout at $root (set EXAONE_TRAIN_ROOT)" >&2; exit 1; }
+  source "$root/slurm/lib.sh"
 }
 
 worker_spec() {
@@ -73,8 +58,9 @@ worker_spec() {
 }
 
 main() {
-  [[ -n ${SLURM_JOB_ID:-} ]] || die "run me with sbatch (SLURM_JOB_ID is not set)"
-  setup_env
+  source_lib  # slurm/lib.sh: log, die, require_sbatch, activate_env, ROOT
+  require_sbatch
+  activate_env
   local cmd=()
   read -r -a cmd <<<"${EXAONE_DATA_CMD:-python -m launcher}"
   cd "$ROOT"

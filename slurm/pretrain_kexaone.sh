@@ -31,7 +31,19 @@ trap 'export EXAONE_EARLY_SIGNAL=TERM' TERM
 
 export EXAONE_RECIPE=${EXAONE_RECIPE:-kexaone_236b}
 export EXAONE_RANK_COMMAND=${EXAONE_RANK_COMMAND:-curriculum}
-script=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-root=${EXAONE_TRAIN_ROOT:-$(cd "$(dirname "${script:-$SLURM_SUBMIT_DIR/slurm/x}")/.." && pwd)}
-export EXAONE_TRAIN_ROOT=$root
-exec bash "$root/slurm/train.sh" "$@"
+
+source_lib() {  # sbatch runs a spooled copy of this script: find the checkout's slurm/lib.sh
+  local root=${EXAONE_TRAIN_ROOT:-} cmd
+  if [[ -z $root ]]; then  # the submitted script (scontrol's Command), else the submit dir
+    cmd=$(scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null |
+          sed -n 's/^ *Command=\([^ ]*\).*/\1/p') || true
+    if [[ -f $cmd ]]; then root=$(dirname "$cmd")/..; else root=${SLURM_SUBMIT_DIR:-$PWD}; fi
+  fi
+  [[ -f $root/slurm/lib.sh ]] ||
+    { echo "error: no exaone-train checkout at $root (set EXAONE_TRAIN_ROOT)" >&2; exit 1; }
+  source "$root/slurm/lib.sh"
+}
+
+source_lib  # slurm/lib.sh: ROOT, the checkout this job was submitted from
+export EXAONE_TRAIN_ROOT=$ROOT
+exec bash "$ROOT/slurm/train.sh" "$@"

@@ -36,7 +36,7 @@
 #                        (default 10; 0: forward once), at most EXAONE_SIGNAL_RESENDS times
 #                        (default 30: the 300 s warning window). Every process of the step
 #                        gets each one: helpers the trainer starts block them
-#                        (exaone_train/checkpoint/signals.py blocked_while)
+#                        (exaone_train/checkpoint/preemption.py blocked_while)
 #   EXAONE_TRAIN_CMD     command replacing `python -m launcher <command>` (tests, debugging)
 #   MASTER_PORT          rendezvous port (default: 20000 + job id mod 20000)
 # Set here unless already set:
@@ -62,37 +62,25 @@ readonly REQUEUE_EXIT_CODE=3  # the trainer: "checkpoint saved after SIGUSR1/SIG
 readonly GATE_STOP_EXIT_CODE=4  # `exaone-train curriculum`: a gate failed and its policy says stop
 readonly GUARD_STOP_EXIT_CODE=5  # the stability guard stopped training
 
-log() { echo "[train.sh $(date +%FT%T) job ${SLURM_JOB_ID:-none}] $*"; }
-die() { log "error: $*" >&2; exit 1; }
+LOG_TAG=train.sh
 
-repo_root() {
-  # sbatch runs a spooled copy of this script, so $0 does not point into the repo.
-  if [[ -n ${EXAONE_TRAIN_ROOT:-} ]]; then echo "$EXAONE_TRAIN_ROOT"; return; fi
-  local script
-  script=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-  if [[ -n $script && -f $script ]]; then
-    cd "$(dirname "$script")/.." && pwd
-  else
-    echo "${SLURM_SUBMIT_DIR:-$PWD}"
+source_lib() {  # sbatch runs a spooled copy of this script: find the checkout's slurm/lib.sh
+  local root=${EXAONE_TRAIN_ROOT:-} cmd
+  if [[ -z $root ]]; then  # the submitted script (scontrol's Command), else the submit dir
+    cmd=$(scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null |
+          sed -n 's/^ *Command=\([^ ]*\).*/\1/p') || true
+    if [[ -f $cmd ]]; then root=$(dirname "$cmd")/..; else root=${SLURM_SUBMIT_DIR:-$PWD}; fi
   fi
+  [[ -f $root/slurm/lib.sh ]] ||
+    { echo "error: no exaone-train checkout at $root (set EXAONE_TRAIN_ROOT)" >&2; exit 1; }
+  source "$root/slurm/lib.sh"
 }
 
 setup_env() {
-  ROOT=$(repo_root)
-  [[ -d $ROOT/launcher ]] || die "no exaone-train checkout at $ROOT (set EXAONE_TRAIN_ROOT)"
-  local venv=${EXAONE_VENV:-$ROOT/.venv}
-  [[ -x $venv/bin/python ]] || die "no virtualenv at $venv (set EXAONE_VENV; see README install)"
-  # shellcheck disable=SC1091
-  source "$venv/bin/activate"
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  if [[ -n ${EXAONE_ENV_FILE:-} ]]; then
-    # shellcheck disable=SC1090
-    source "$EXAONE_ENV_FILE"
-  fi
+  activate_env
   export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
   export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
-  export PYTHONUNBUFFERED=1
   MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
   export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 }
@@ -186,11 +174,16 @@ explain_stop() {
 }
 
 main() {
-  # First: a signal that comes now (Slurm's warning can come at once) must not kill this shell.
+  PENDING_SIGNAL=${EXAONE_EARLY_SIGNAL:-}  # caught by pretrain_kexaone.sh before its exec
+  # First: a signal that comes now (Slurm's warning can come at once) must not kill this
+  # shell. Until lib.sh (log) is in, only remember it; then say so and forward as usual.
+  trap 'PENDING_SIGNAL=USR1' USR1
+  trap 'PENDING_SIGNAL=TERM' TERM
+  source_lib  # slurm/lib.sh: log, die, require_sbatch, activate_env, ROOT
   trap 'on_signal USR1' USR1
   trap 'on_signal TERM' TERM
-  PENDING_SIGNAL=${EXAONE_EARLY_SIGNAL:-}  # caught by pretrain_kexaone.sh before its exec
-  [[ -n ${SLURM_JOB_ID:-} ]] || die "run me with sbatch (SLURM_JOB_ID is not set)"
+  if [[ -n $PENDING_SIGNAL ]]; then on_signal "$PENDING_SIGNAL"; fi
+  require_sbatch
   setup_env
   run_step "$@"
   local restarts=${SLURM_RESTART_COUNT:-0} max=${EXAONE_MAX_REQUEUES:-100}

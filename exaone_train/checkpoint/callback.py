@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from exaone_train.checkpoint import signals
+from exaone_train.checkpoint import preemption
 from exaone_train.checkpoint.manager import CheckpointManager, set_rng_state
 from exaone_train.parallel import state
 from exaone_train.train.hooks import Callback, StopTraining, TrainerView
@@ -39,14 +39,14 @@ class CheckpointCallback(Callback):
         # fit()'s finally): left installed, they would be inherited by processes forked later
         # (e.g. a data-build worker pool), which SIGTERM then no longer stops.
         if self.cfg.exit_on_signal:
-            signals.install()
+            preemption.install()
         if self.pending_rng:  # after main()'s seeding, so the resumed run continues the streams
             set_rng_state(self.pending_rng)
             self.pending_rng = {}
 
     def _decide(self) -> tuple[bool, bool]:
         """(signal received on any rank, wall-clock interval passed on any rank): collective."""
-        sig = signals.received() is not None
+        sig = preemption.received() is not None
         due = (self.cfg.interval_minutes > 0 and
                time.monotonic() - self.manager.last_save_time >= 60 * self.cfg.interval_minutes)
         flags = torch.tensor([float(sig), float(due)], device=state.device())
@@ -62,12 +62,12 @@ class CheckpointCallback(Callback):
         if sig:
             if not self.cfg.enabled:
                 self.manager.save(trainer)  # a signal always saves: the job is going away
-            signals.mark_stopped_for_requeue()
+            preemption.mark_stopped_for_requeue()
             raise StopTraining(f"signal received: checkpoint saved at step {trainer.step}, "
-                               f"exiting with status {signals.REQUEUE_EXIT_CODE} (requeue)")
+                               f"exiting with status {preemption.REQUEUE_EXIT_CODE} (requeue)")
 
     def on_train_end(self, trainer: TrainerView) -> None:
-        signals.uninstall()  # the process's own handlers back, even when the loop raised
+        preemption.uninstall()  # the process's own handlers back, even when the loop raised
 
     def finish(self, trainer: TrainerView) -> None:
         """The final save when the loop ended without an error (collective)."""

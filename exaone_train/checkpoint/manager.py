@@ -6,7 +6,7 @@
         train_state.json   step, consumed samples/tokens (total and per stage), AdamW step,
                            data-set state, stability-guard state, layout it was saved under
         rng/rank_00000.pt  RNG states of each rank (python, numpy, torch CPU/CUDA, megatron)
-        config.yaml        the resolved recipe (so `model_io.load_model_checkpoint` reads it)
+        config.yaml        the resolved recipe (`model_checkpoint.load_model_checkpoint` reads it)
         run_info.json      git SHA, package versions, argv
         manifest.json      every file's size and sha256; written last; `keep` for stage-final
       latest               "iter_0000010": written (latest.tmp + os.replace) after the rename
@@ -34,8 +34,8 @@ from megatron.core import dist_checkpointing
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException
 
-from exaone_train.checkpoint import progress, sharded, signals, verify
-from exaone_train.checkpoint.dist_state import check_compatible
+from exaone_train.checkpoint import optimizer_state, preemption, progress, verify
+from exaone_train.checkpoint.model_state import check_compatible, load_model_into
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.config.validate import validate_checkpoint_config
 from exaone_train.errors import CheckpointError
@@ -66,7 +66,7 @@ def start_writer_helper() -> None:
     (tests/slurm/test_curriculum_sbatch.py)."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    signals.blocked_while(filesystem_async._get_write_results_queue)
+    preemption.blocked_while(filesystem_async._get_write_results_queue)
 
 
 def _all_ok(ok: bool) -> bool:
@@ -173,13 +173,13 @@ class CheckpointManager:
         self._prepare_tmp(tmp)
         # collective: before any failure (with the distributed optimizer rank 0 may own no
         # AdamW parameter)
-        train_state.update(adamw_step=sharded.adamw_step(source.optimizer), layout=layout())
+        train_state.update(adamw_step=optimizer_state.adamw_step(source.optimizer), layout=layout())
         start_writer_helper()
         err, expected = "", self._model_bytes(self.candidates()[:1])
         try:
             with progress.sampled(f"checkpoint write {name}", lambda: progress.dir_bytes(
                     tmp / MODEL_DIR), expected, ranks.rank() == 0):
-                dist_checkpointing.save(sharded.full_state(source.model, source.optimizer),
+                dist_checkpointing.save(optimizer_state.full_state(source.model, source.optimizer),
                                         str(tmp / MODEL_DIR), sharded_strategy=("torch_dist", 1),
                                         async_sharded_save=False)
             _fault("kill_during_save", step)
@@ -323,15 +323,16 @@ class CheckpointManager:
         t0 = time.perf_counter()
         check_compatible(target.model, path / MODEL_DIR)
         state = json.loads((path / TRAIN_STATE).read_text())
-        request = sharded.full_state(target.model, target.optimizer)
+        request = optimizer_state.full_state(target.model, target.optimizer)
         try:  # bytes read, no total: this process reads metadata and its share, some twice
             with progress.sampled(f"checkpoint load {path.name}", progress.bytes_read, None,
                                   ranks.rank() == 0):
                 loaded = dist_checkpointing.load(request, str(path / MODEL_DIR))
         except Exception as e:  # noqa: BLE001 - megatron raises several types; name the file
             raise CheckpointError(f"{path}: could not be loaded: {type(e).__name__}: {e}") from e
-        sharded.load_model_into(target.model, loaded)
-        sharded.load_optimizer_from(target.optimizer, loaded["optimizer"], state["adamw_step"])
+        load_model_into(target.model, loaded)
+        optimizer_state.load_optimizer_from(target.optimizer, loaded["optimizer"],
+                                            state["adamw_step"])
         target.load_state_dict(state, load_data)
         self.last_saved_step, self.last_save_time = int(state["step"]), time.monotonic()
         rng = self._rng_of(path, state.get("layout"))

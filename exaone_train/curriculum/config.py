@@ -1,7 +1,7 @@
 """The `curriculum:` section of a recipe (Hydra group `recipes/curriculum/*.yaml`): ordered
 stages, each training one data stage for a token budget under its own batch and (optionally)
 parallel layout, then passing a gate before the next stage starts. Values only; the plan
-(`curriculum/plan.py`) turns them into steps, tokens and one WSD schedule, and the driver
+(`curriculum/stages.py`) turns them into steps, tokens and one WSD schedule, and the driver
 (`curriculum/driver.py`) runs them.
 """
 

@@ -25,17 +25,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from exaone_train.checkpoint import signals
+from exaone_train.checkpoint import preemption
 from exaone_train.checkpoint.manager import TRAIN_STATE, CheckpointManager, iter_name
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.curriculum import gate as gates
-from exaone_train.curriculum.plan import (
+from exaone_train.curriculum.record import CurriculumRecord
+from exaone_train.curriculum.stages import (
     CurriculumPlan,
     StagePlan,
     format_curriculum,
     plan_curriculum,
 )
-from exaone_train.curriculum.record import CurriculumRecord
 from exaone_train.errors import CheckpointError, ConfigError
 from exaone_train.parallel import ranks, state
 from exaone_train.parallel.dims import ParallelDims
@@ -95,9 +95,9 @@ def _resolve_layouts(cfg: RecipeConfig) -> tuple[RecipeConfig, dict]:
 
 
 def _write_plan_json(run_dir: Path, plan: CurriculumPlan, choices: dict) -> None:
-    """plan.json: each stage's dry-run plan (launcher.plan.make_plan: layout, memory per GPU,
-    step time) on this world, and what the layout search chose for the auto stages."""
-    from launcher.plan import make_plan
+    """plan.json: each stage's dry-run plan (launcher.resource_plan.make_plan: layout, memory
+    per GPU, step time) on this world, and what the layout search chose for the auto stages."""
+    from launcher.resource_plan import make_plan
 
     world = dist.get_world_size()
     gpu = plan.stages[0].recipe.logging.gpu_type or detect_gpu_type() or "h100"
@@ -303,7 +303,7 @@ class Driver:
         t = self.trainer
         assert t is not None
         t.checkpointing.finish(t)
-        code = signals.exit_code() or GUARD_STOP_EXIT_CODE
+        code = preemption.exit_code() or GUARD_STOP_EXIT_CODE
         self.record.finish("interrupted", f"stage '{st.name}' stopped at step {t.step} "
                                           f"(exit status {code})")
         return code

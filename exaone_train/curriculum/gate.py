@@ -61,11 +61,10 @@ def _log_niah(report: Any, cfg: Any, png: Path) -> None:
     """The grid (coloured on a terminal), the verdict in green PASS / red FAIL, the heatmap."""
     import sys
 
-    import torch.distributed as dist
-
     from exaone_train.eval.niah import grid_lines
+    from exaone_train.parallel import ranks
 
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not ranks.is_rank0():
         return
     tty = sys.stderr.isatty()
     verdict = "PASS" if report.passed else "FAIL"

@@ -32,7 +32,7 @@ FILE = "curriculum.json"
 
 
 def _broadcast(obj: Any) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if ranks.world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

@@ -55,7 +55,7 @@ from megatron.core.tensor_parallel.mappings import (
 from exaone_train.errors import ConfigError
 from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.eval.niah_samples import NiahSample, load_haystacks, make_samples
-from exaone_train.parallel import state
+from exaone_train.parallel import ranks, state
 from exaone_train.parallel.context import load_balanced_positions, slice_for_cp_rank
 from exaone_train.parallel.dims import ParallelDims
 from exaone_train.train.step import reset_moe_aux_scale
@@ -303,7 +303,7 @@ def run_niah(trainer: Any, cfg: NiahConfig, out_dir: Path, name: str,
     validate_niah(cfg, recipe, where)
     micro = cfg.micro_batch_samples or recipe.train.micro_batch_samples
     stacks, tokenizer = load_haystacks(cfg, recipe.data, where)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = ranks.is_rank0()
     correct: dict[tuple[int, float], list[bool]] = {}
     rows: list[dict] = []
     per_length = len(cfg.depths) * cfg.samples_per_cell
@@ -319,8 +319,7 @@ def run_niah(trainer: Any, cfg: NiahConfig, out_dir: Path, name: str,
     report = _report(cfg, name, correct, rows)
     if rank0:
         write_report(report, Path(out_dir))
-    if dist.is_initialized():
-        dist.barrier()
+    ranks.barrier()
     return report
 
 

@@ -1,4 +1,4 @@
-"""HF directory <-> our model checkpoint (`exaone_train.checkpoint.model_io` format).
+"""HF directory <-> our model checkpoint (`exaone_train.checkpoint.model_checkpoint` format).
 
 Conversion runs on one process with TP=PP=EP=1 (full tensors); the saved checkpoint is
 dist_checkpointing, so any later layout loads it. `convert_from_hf` / `convert_to_hf` stream a
@@ -19,7 +19,7 @@ import torch
 from megatron.core import parallel_state
 
 from exaone_train.checkpoint import progress
-from exaone_train.checkpoint.model_io import MODEL_DIR, read_config
+from exaone_train.checkpoint.model_checkpoint import MODEL_DIR, read_config
 from exaone_train.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RecipeConfig
 from exaone_train.errors import CheckpointError, ConfigError
 from exaone_train.export.hf_config import (
@@ -166,7 +166,7 @@ def convert_from_hf_in_memory(hf_dir: str | Path, out_dir: str | Path,
                               precision: PrecisionConfig | None = None) -> RecipeConfig:
     """`convert_from_hf` with the whole model in memory (the HF tensors, then the built model):
     the reference the streaming conversion is tested against."""
-    from exaone_train.checkpoint.model_io import save_model_checkpoint
+    from exaone_train.checkpoint.model_checkpoint import save_model_checkpoint
     from exaone_train.model.builder import build_model
 
     read_hf_config(hf_dir)
@@ -231,7 +231,7 @@ def convert_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
 
 def convert_to_hf_in_memory(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     """`convert_to_hf` with the whole model in memory: the streaming conversion's reference."""
-    from exaone_train.checkpoint.model_io import load_model_checkpoint
+    from exaone_train.checkpoint.model_checkpoint import load_model_checkpoint
 
     cfg, model = load_model_checkpoint(ckpt_dir, parallel_cfg=ParallelConfig(),
                                        precision_cfg=conversion_precision(None))

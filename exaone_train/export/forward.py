@@ -70,7 +70,7 @@ def evaluate_loss(ckpt_dir: str, tokens_path: str) -> dict:
     """Mean next-token loss of the tokens in `tokens_path` under the checkpoint (one process)."""
     import math
 
-    from exaone_train.checkpoint.model_io import load_model_checkpoint, read_config
+    from exaone_train.checkpoint.model_checkpoint import load_model_checkpoint, read_config
     from exaone_train.config.schema import ParallelConfig
     from exaone_train.errors import ConfigError
 

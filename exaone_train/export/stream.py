@@ -1,5 +1,5 @@
-"""A model checkpoint (`checkpoint.model_io` format, megatron-core torch_dist) written and read
-a tensor at a time, for models that do not fit in host memory.
+"""A model checkpoint (`checkpoint.model_checkpoint` format, megatron-core torch_dist) written and
+read a tensor at a time, for models that do not fit in host memory.
 
 Write (`save_streaming`): the model is built on the meta device and megatron-core's
 `dist_checkpointing.save` runs on its sharded state dict as for any save (factories, sharding
@@ -45,7 +45,11 @@ from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, WriteItem, 
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from exaone_train.checkpoint import progress
-from exaone_train.checkpoint.model_io import MODEL_DIR, sharded_model_state_dict, write_config
+from exaone_train.checkpoint.model_checkpoint import (
+    MODEL_DIR,
+    sharded_model_state_dict,
+    write_config,
+)
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.errors import CheckpointError
 
@@ -88,6 +92,7 @@ class _Chunks:
         self.entries, self.produce, self.bar = entries, produce, bar
         self.owner = {_chunk_id(c): key for key, e in entries.items() for c in _chunks(e)}
         self.last: tuple[str, torch.Tensor] | None = None
+        self.written: torch.Tensor | None = None
 
     def _full(self, key: str) -> torch.Tensor:
         if self.last is None or self.last[0] != key:
@@ -108,10 +113,23 @@ class _Chunks:
             built = _chunks(dataclasses.replace(entry, data=full))
             full = next(c.data for c in built if _chunk_id(c) == cid)
         assert item.tensor_data is not None
-        chunk = full.reshape(item.tensor_data.chunk.sizes)
+        self._free_written()
+        chunk = full.reshape(item.tensor_data.chunk.sizes).clone()
         if self.bar is not None:
             self.bar.update(chunk.numel() * chunk.element_size())
+        self.written = chunk
         return chunk
+
+    def _free_written(self) -> None:
+        """Free the previous chunk's memory: it has been written (one writer thread, no
+        copy-ahead: DCP resolves the next item only after writing the last), but torch DCP's
+        FileSystemWriter keeps every tensor of a file in a dict (`tensor_dict`, used only
+        for its safetensors format) until the file is done: the whole checkpoint but for
+        the chunks of one key that overwrite each other. So every chunk is our own copy,
+        whose storage is emptied here (bench/RESULTS.md, HF conversion memory)."""
+        if self.written is not None:
+            self.written.untyped_storage().resize_(0)
+            self.written = None
 
 
 class _LazyPlanner(MCoreSavePlanner):

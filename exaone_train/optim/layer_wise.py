@@ -17,7 +17,7 @@ matrices apart; Muon needs whole matrices. So, as megatron-core 0.16.1 does for 
 
 Ownership is the same on every TP / expert-TP rank of a DP position (the same parameter list
 and shapes), so MuonAdamW's TP gathers stay matched. Checkpoints keep the non-distributed
-format: each state tensor is written once, by its owner (`checkpoint/sharded.py`).
+format: each state tensor is written once, by its owner (`checkpoint/optimizer_state.py`).
 """
 
 from __future__ import annotations

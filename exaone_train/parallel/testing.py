@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 PRELOAD = ["exaone_train.parallel.state", "exaone_train.config.load",
-           "exaone_train.train.trainer", "exaone_train.checkpoint.dist_state"]
+           "exaone_train.train.trainer", "exaone_train.checkpoint.model_state"]
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue,

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from exaone_train.config.schema import GuardConfig, LoggingConfig
+from exaone_train.parallel import ranks
 from exaone_train.train.hooks import Callback, StopTraining, TrainerView
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ log = logging.getLogger("exaone_train")
 
 def is_logging_rank() -> bool:
     """The last rank holds the loss (last PP stage) and every reduced figure."""
-    return not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
+    return ranks.rank() == ranks.world_size() - 1
 
 
 class StabilityGuard(Callback):
@@ -97,7 +98,7 @@ class Throughput(Callback):
         trainer.metrics["step_time_s"] = dt
         trainer.metrics["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
         if self.peak:
-            world = dist.get_world_size() if dist.is_initialized() else 1
+            world = ranks.world_size()
             trainer.metrics["mfu"] = self.flops_per_token * tokens / dt / (self.peak * world)
 
 

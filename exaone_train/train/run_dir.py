@@ -10,12 +10,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from exaone_train import console
 from exaone_train.config.schema import RecipeConfig
 from exaone_train.errors import ConfigError
+from exaone_train.parallel import ranks
 
 _PACKAGES = ("torch", "megatron-core", "transformers", "datasets", "tokenizers", "hydra-core",
              "transformer-engine", "exaone-train")
@@ -42,7 +42,7 @@ def run_info() -> dict:
             versions[name] = None
     return {"git_sha": git_sha(), "python": platform.python_version(), "argv": sys.argv,
             "packages": versions,
-            "world_size": dist.get_world_size() if dist.is_initialized() else 1}
+            "world_size": ranks.world_size()}
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -59,14 +59,13 @@ def check_run_dir(run_dir: Path) -> None:
 def prepare_run_dir(cfg: RecipeConfig) -> Path:
     run_dir = Path(cfg.run.dir)
     check_run_dir(run_dir)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if ranks.is_rank0():
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
             (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
         except OSError as e:  # read-only, no permission, disk full
             raise ConfigError("run.dir", str(run_dir), f"cannot be written: {e}") from None
-    if dist.is_initialized():
-        dist.barrier()
-    console.attach_run_log(run_dir, f"rank{dist.get_rank() if dist.is_initialized() else 0}")
+    ranks.barrier()
+    console.attach_run_log(run_dir, f"rank{ranks.rank()}")
     return run_dir

@@ -104,7 +104,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.model = build_model_chunks(cfg)
         if cfg.train.init_from:
-            from exaone_train.checkpoint.dist_state import load_model_state
+            from exaone_train.checkpoint.model_state import load_model_state
 
             load_model_state(self.model, cfg.train.init_from)
         self.optimizer = build_optimizer(cfg, self.model)

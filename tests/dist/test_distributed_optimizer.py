@@ -62,7 +62,7 @@ def _digest(t, experts: bool) -> str:
 def _state_numel(t) -> dict[str, int]:
     """Elements this rank holds for the optimizer: state tensors (Muon momentum, AdamW
     moments) and fp32 master copies of bf16 weights, split dense / routed-expert."""
-    from exaone_train.checkpoint.sharded import param_pairs
+    from exaone_train.checkpoint.optimizer_state import param_pairs
 
     inner = t.optimizer.optimizer
     expert = {id(p) for g in inner.param_groups if g.get("expert") for p in g["params"]}
@@ -142,7 +142,7 @@ def _gather_buckets() -> list[list[float]]:
 
 def _dp2_runs(root: str) -> dict:
     """Every 2-process run, in one spawn (a trainer is cheap; a spawn costs ~10 s)."""
-    from exaone_train.checkpoint.dist_state import save_model_state
+    from exaone_train.checkpoint.model_state import save_model_state
 
     init = f"{root}/init"
     t = _trainer(f"{root}/init_run", [])

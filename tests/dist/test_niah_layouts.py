@@ -55,7 +55,7 @@ def _reference(chunk, samples, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _all_layouts(tmp: str) -> dict:
-    from exaone_train.checkpoint.dist_state import load_model_state, save_model_state
+    from exaone_train.checkpoint.model_state import load_model_state, save_model_state
     from exaone_train.config.load import load_recipe
     from exaone_train.eval.niah import score_samples
     from exaone_train.parallel import state

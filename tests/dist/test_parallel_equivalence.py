@@ -64,7 +64,10 @@ def _loss(model, batch) -> float | None:
 
 
 def _worker(hf_dir: str, ckpt_dir: str, layouts: list[str]) -> dict[str, float | None]:
-    from exaone_train.checkpoint.model_io import load_model_checkpoint, save_model_checkpoint
+    from exaone_train.checkpoint.model_checkpoint import (
+        load_model_checkpoint,
+        save_model_checkpoint,
+    )
     from exaone_train.config.schema import PrecisionConfig, RecipeConfig
     from exaone_train.export.convert import load_hf_state_dict, model_config_for_hf
     from exaone_train.export.hf_io import read_hf_config, read_hf_tensors

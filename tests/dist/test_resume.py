@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from exaone_train.checkpoint.testing import (
+from tests.helpers.train_runs import (
     _descendants,
     kill_group,
     losses,

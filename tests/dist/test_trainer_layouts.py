@@ -30,7 +30,7 @@ def _train(run_dir: str, overrides: list[str], save_init: bool = False) -> list[
     """Train; the single-process reference first saves its initial weights to
     run_dir/init so every layout starts from the same weights (loaded through
     dist_checkpointing, i.e. resharded to the layout)."""
-    from exaone_train.checkpoint.dist_state import save_model_state
+    from exaone_train.checkpoint.model_state import save_model_state
     from exaone_train.config.load import load_recipe
     from exaone_train.parallel import state
     from exaone_train.train import trainer as T

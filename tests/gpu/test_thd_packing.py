@@ -54,7 +54,7 @@ BASE = ["train.data_source=synthetic", "logging.wandb=false", "train.train_steps
 
 
 def _train(run_dir: str, overrides: list[str], save_init: bool = False) -> list:
-    from exaone_train.checkpoint.dist_state import save_model_state
+    from exaone_train.checkpoint.model_state import save_model_state
     from exaone_train.config.load import load_recipe
     from exaone_train.train import trainer as T
 

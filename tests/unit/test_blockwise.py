@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from exaone_train.model import blockwise as bw
 from exaone_train.model.blockwise import Visibility, blockwise_attention
-from launcher.plan import blockwise_saved_bytes_per_token
+from launcher.resource_plan import blockwise_saved_bytes_per_token
 
 B, G, REP, D = 2, 2, 3, 16  # GQA: 2 KV heads, 3 query heads each
 BLOCK = 32  # small tiles: several per sequence, the last one partial

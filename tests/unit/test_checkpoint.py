@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import torch
 
-from exaone_train.checkpoint import sharded, verify
+from exaone_train.checkpoint import optimizer_state, verify
 from exaone_train.checkpoint.manager import CheckpointManager
 from exaone_train.config.load import load_recipe
 from exaone_train.errors import CheckpointError, ConfigError
@@ -51,7 +51,7 @@ def test_roundtrip_restores_model_optimizer_and_train_state_exactly(tmp_path, ca
     assert "checkpoint write iter_0000003" in capfd.readouterr().err  # progress on rank 0
     params = {n: p.detach().clone() for n, p in a.model[0].named_parameters()}
     opt = {i: {k: v.clone() for k, v in a.optimizer.optimizer.state[p].items()}
-           for i, (_, p) in enumerate(sharded.param_pairs(a.optimizer))}
+           for i, (_, p) in enumerate(optimizer_state.param_pairs(a.optimizer))}
     guard = a.guard.state_dict()
     assert any("momentum_buffer" in s for s in opt.values())  # Muon state is there
     assert any(float(s.get("step", 0)) == 3 for s in opt.values())  # and AdamW's
@@ -62,7 +62,7 @@ def test_roundtrip_restores_model_optimizer_and_train_state_exactly(tmp_path, ca
     assert (b.step, b.consumed_samples, b.consumed_tokens) == (3, 6, 6 * 32)
     for n, p in b.model[0].named_parameters():
         assert torch.equal(p, params[n]), n
-    for i, (_, p) in enumerate(sharded.param_pairs(b.optimizer)):
+    for i, (_, p) in enumerate(optimizer_state.param_pairs(b.optimizer)):
         for k, v in opt[i].items():
             assert torch.equal(b.optimizer.optimizer.state[p][k], v), (i, k)
     assert b.guard.state_dict() == guard

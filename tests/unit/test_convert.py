@@ -88,7 +88,10 @@ def test_eval_loss_accepts_one_dimensional_tokens(tmp_path, capsys):
 
 def test_model_checkpoint_reload_is_exact(tmp_path):
     """save_model_checkpoint -> load_model_checkpoint restores every tensor and the config."""
-    from exaone_train.checkpoint.model_io import load_model_checkpoint, save_model_checkpoint
+    from exaone_train.checkpoint.model_checkpoint import (
+        load_model_checkpoint,
+        save_model_checkpoint,
+    )
     from exaone_train.config.load import load_recipe
     from exaone_train.model.builder import build_model
     from exaone_train.parallel import state
@@ -203,7 +206,7 @@ def test_conversion_never_builds_transformer_engine(tmp_path, monkeypatch):
     That node is simulated by making `use_transformer_engine` answer as it would there (TE
     itself cannot run here); conversion must still build the local spec both ways, and the
     checkpoint keeps the user's `auto` for whoever loads it."""
-    from exaone_train.checkpoint.model_io import read_config
+    from exaone_train.checkpoint.model_checkpoint import read_config
     from exaone_train.config.schema import PrecisionConfig
     from exaone_train.errors import ConfigError
     from exaone_train.export.convert import convert_from_hf

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from exaone_train.checkpoint.testing import REPO, _env, losses
 from exaone_train.config.load import load_recipe
 from exaone_train.curriculum.driver import GATE_STOP_EXIT_CODE, run_curriculum
-from exaone_train.curriculum.plan import plan_curriculum
+from exaone_train.curriculum.stages import plan_curriculum
 from exaone_train.optim.schedule import lr_at
 from exaone_train.parallel import state
 from exaone_train.train.trainer import Trainer
+from tests.helpers.train_runs import REPO, _env, losses
 
 # foundation and reasoning at 64 tokens, domain at 128; validation at 64
 BASE = ["logging.wandb=false", "checkpoint.interval_steps=2", "optim.schedule.warmup_tokens=512",

@@ -4,10 +4,10 @@ path) before anything starts; the shipped curricula plan; one WSD spans the curr
 import pytest
 
 from exaone_train.config.load import load_recipe
-from exaone_train.curriculum.plan import format_curriculum, plan_curriculum
+from exaone_train.curriculum.stages import format_curriculum, plan_curriculum
 from exaone_train.errors import ConfigError
 from exaone_train.optim.schedule import lr_at, lr_factor_at
-from launcher.plan import load_for_plan
+from launcher.resource_plan import load_for_plan
 
 S = "curriculum.stages"
 

@@ -15,7 +15,7 @@ from exaone_train.config.validate import validate_fp8
 from exaone_train.errors import ConfigError
 from exaone_train.parallel import state
 from exaone_train.train.hardware import GPU_SPECS, fp8_unsupported
-from launcher.plan import load_for_plan, make_plan
+from launcher.resource_plan import load_for_plan, make_plan
 
 
 @pytest.fixture(autouse=True)

@@ -109,3 +109,17 @@ def test_callback_protocol_has_no_package_imports_at_run_time():
     tree = ast.parse((ROOT / "exaone_train/train/hooks.py").read_text())
     runtime = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     assert all(not (getattr(n, "module", "") or "").startswith("exaone_train") for n in runtime)
+
+
+def _names_tests(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return not node.level and (node.module or "").split(".")[0] == "tests"
+    return isinstance(node, ast.Import) and any(a.name.split(".")[0] == "tests"
+                                                for a in node.names)
+
+
+def test_the_package_never_imports_test_code():
+    """Test-only code lives in tests/helpers/ (not installed): no package module imports it."""
+    offenders = sorted(name for name, path in _modules().items()
+                       if any(_names_tests(n) for n in ast.walk(ast.parse(path.read_text()))))
+    assert offenders == []

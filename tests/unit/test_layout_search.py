@@ -11,7 +11,7 @@ import statistics
 import pytest
 
 from exaone_train.config.validate import validate_backend, validate_batching, validate_parallel
-from exaone_train.curriculum.plan import stage_recipe
+from exaone_train.curriculum.stages import stage_recipe
 from exaone_train.errors import ConfigError
 from launcher.layout_search import (
     _NODE_COUNTS,
@@ -20,7 +20,7 @@ from launcher.layout_search import (
     search_layout,
     step_time_estimate,
 )
-from launcher.plan import check_layout, load_for_plan, make_plan
+from launcher.resource_plan import check_layout, load_for_plan, make_plan
 
 
 def _exhaustive(recipe, budget):

@@ -176,7 +176,7 @@ def test_run_niah_leaves_weights_grads_mode_untouched(tmp_path):
 
 
 def test_cli_exit_code_gates_on_the_result(tmp_path, capsys):
-    from exaone_train.checkpoint.dist_state import save_model_state
+    from exaone_train.checkpoint.model_state import save_model_state
     from launcher.cli import main
 
     recipe = load_recipe("tiny_cpu", BASE)

@@ -13,7 +13,7 @@ from exaone_train.errors import ConfigError
 from exaone_train.eval.niah import validate_niah
 from exaone_train.eval.niah_config import NiahConfig
 from exaone_train.parallel.dims import ParallelDims
-from launcher.plan import load_for_plan, make_plan
+from launcher.resource_plan import load_for_plan, make_plan
 
 
 def test_sizes_follow_megatron_order():

@@ -12,7 +12,7 @@ from exaone_train.errors import ConfigError
 from exaone_train.model.counts import training_flops_per_token
 from exaone_train.train.hardware import GPU_SPECS, peak_flops
 from launcher.cli import main
-from launcher.plan import GIB, load_for_plan, make_plan
+from launcher.resource_plan import GIB, load_for_plan, make_plan
 
 H, HEADS, KV, D, E, FE, V = 6144, 64, 8, 128, 128, 2048, 153600  # MODELS.md
 
@@ -181,7 +181,7 @@ def test_local_attention_memory_is_linear_in_sequence_length():
     """The blockwise path holds no [s, s] scores: doubling s doubles every layer's bytes, and a
     layer holds X plus the fp32 output and log-sum-exp (4*a*(d+1)/TP per token). The old
     formula's 2*e*a*s^2/TP scores made this ratio ~2x larger at 32K."""
-    from launcher.plan import layer_activation_bytes
+    from launcher.resource_plan import layer_activation_bytes
 
     cfg = _local()
     short, long = (layer_activation_bytes(cfg, s, 1) for s in (16384, 32768))
@@ -196,7 +196,7 @@ def test_local_attention_memory_is_linear_in_sequence_length():
 def test_context_parallel_memory_by_layer_type():
     """Under CP4 at 32K a sliding-window layer keeps the halo-extended K/V of its two chunks
     (s/CP + 2*127 positions), a global layer the all-gathered K/V of all s positions."""
-    from launcher.plan import layer_activation_bytes
+    from launcher.resource_plan import layer_activation_bytes
 
     s, cp = 32768, 4
     per = layer_activation_bytes(_local(f"parallel.cp={cp}"), s, 1)
@@ -212,7 +212,7 @@ def test_context_parallel_memory_by_layer_type():
 
 
 def test_a_window_longer_than_a_chunk_all_gathers_and_warns():
-    from launcher.plan import cp_exchange, layer_activation_bytes
+    from launcher.resource_plan import cp_exchange, layer_activation_bytes
 
     cfg = _local("parallel.cp=2")
     assert cp_exchange(cfg, 256)[:4] == ["all_gather"] * 4  # chunk 64 < 127 halo keys
@@ -226,7 +226,7 @@ def test_a_window_longer_than_a_chunk_all_gathers_and_warns():
 def test_transformer_engine_attention_keeps_the_flash_accounting(kexaone):
     """kexaone_236b (FP8, Transformer Engine): no local-attention terms, every layer type
     alike, and under CP its sliding-window layers are planned as all-gathers (warned)."""
-    from launcher.plan import cp_exchange, layer_activation_bytes
+    from launcher.resource_plan import cp_exchange, layer_activation_bytes
 
     cfg = load_for_plan("kexaone_236b", ["parallel.recompute=none", "parallel.cp=2"])
     per = layer_activation_bytes(cfg, 32768, 1)
@@ -241,7 +241,7 @@ def test_the_plans_halo_rule_is_the_attentions():
     import dataclasses
 
     from exaone_train.parallel.halo import halo_fits
-    from launcher.plan import cp_exchange
+    from launcher.resource_plan import cp_exchange
 
     base = _local()
     for cp in (2, 4, 8):

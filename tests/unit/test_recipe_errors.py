@@ -84,7 +84,7 @@ def test_run_dir_that_is_a_file_is_a_config_error(tmp_path, capsys, inside):
 def test_checkpoints_saved_with_retired_settings_still_read(tmp_path):
     """`extra`, `train.eval_interval_steps`, `run.name` were never read and left the schema;
     a config.yaml written before (every checkpoint's) still loads."""
-    from exaone_train.checkpoint.model_io import read_config
+    from exaone_train.checkpoint.model_checkpoint import read_config
 
     cfg = OmegaConf.to_container(compose_recipe("tiny_cpu", []))
     cfg["extra"] = {"converted_from": "/somewhere"}
@@ -92,3 +92,18 @@ def test_checkpoints_saved_with_retired_settings_still_read(tmp_path):
     cfg["run"]["name"] = "run"
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     assert read_config(tmp_path).model.name == "tiny_kexaone"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["convert", "from-hf", "{missing}", "{tmp}/out"], "no config.json (not a Hugging Face"),
+    (["convert", "to-hf", "{missing}", "{tmp}/out"], "no config.yaml (not a model checkpoint)"),
+    (["data", "merge", "shipped_corpus", "build.output_dir={missing}"], "no partial manifests"),
+])
+def test_a_missing_directory_is_one_line_naming_it(tmp_path, capsys, argv, words):
+    """What a user types first by mistake: the path, what is missing, no traceback (`niah` on a
+    run without a checkpoint: test_niah.py)."""
+    missing = tmp_path / "nope"
+    assert main([a.format(missing=missing, tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: {words}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

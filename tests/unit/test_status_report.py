@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from exaone_train.config.load import load_recipe
-from exaone_train.curriculum.plan import plan_curriculum
 from exaone_train.curriculum.record import CurriculumRecord
+from exaone_train.curriculum.stages import plan_curriculum
 from exaone_train.eval.niah import NiahReport
 from exaone_train.eval.niah import write_report as write_niah
 from launcher.cli import main

@@ -163,7 +163,7 @@ def test_signal_handlers_live_only_while_the_loop_runs(tmp_path):
     # SIGTERM could then no longer stop (a pytest run hung at exit on exactly that).
     import signal
 
-    from exaone_train.checkpoint import signals
+    from exaone_train.checkpoint import preemption
 
     original = signal.getsignal(signal.SIGTERM)
     cfg = _cfg(tmp_path, "train.train_steps=2", "train.seq_length_tokens=64")
@@ -174,5 +174,5 @@ def test_signal_handlers_live_only_while_the_loop_runs(tmp_path):
     t.callbacks.insert(0, type("Probe", (trainer_mod.cb.Callback,), {
         "on_step_end": lambda self, tr, r: seen.append(signal.getsignal(signal.SIGTERM))})())
     t.fit()
-    assert seen and all(h is signals._handler for h in seen)
+    assert seen and all(h is preemption._handler for h in seen)
     assert signal.getsignal(signal.SIGTERM) is original

@@ -1,5 +1,5 @@
 """Model weights through megatron-core dist_checkpointing, in the one model format every
-checkpoint of ours uses (`model_io.sharded_model_state_dict`: per-layer global keys; VPP
+checkpoint of ours uses (`model_checkpoint.sharded_model_state_dict`: per-layer global keys; VPP
 chunks nest as model0, model1, ...): fully reshardable, so weights saved under one
 TP/PP/EP/DP layout load under another. `train.init_from` reads a `convert from-hf` output's
 `model/` or a training checkpoint's `model/` (whose optimizer tensors are simply not asked
@@ -8,12 +8,35 @@ for)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
-from exaone_train.checkpoint.sharded import load_model_into, model_state
+from exaone_train.checkpoint.model_checkpoint import sharded_model_state_dict
 from exaone_train.errors import CheckpointError
+from exaone_train.parallel import ranks
+
+
+def unwrap(chunk: Any) -> Any:
+    return getattr(chunk, "module", chunk)
+
+
+def model_state(chunks: list) -> dict:
+    """One chunk: the model's state dict at the root (model_checkpoint's layout); VPP:
+    model0, model1, ..."""
+    if len(chunks) == 1:
+        return sharded_model_state_dict(unwrap(chunks[0]))
+    return {f"model{i}": sharded_model_state_dict(unwrap(c)) for i, c in enumerate(chunks)}
+
+
+def load_model_into(chunks: list, loaded: dict) -> None:
+    if len(chunks) == 1:
+        unwrap(chunks[0]).load_state_dict({k: v for k, v in loaded.items() if k != "optimizer"},
+                                          strict=True)
+        return
+    for i, c in enumerate(chunks):
+        unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
 
 
 def save_model_state(chunks: list, path: str | Path) -> None:
@@ -41,7 +64,7 @@ def _keys_of_all_ranks(keys) -> set[str]:
     """The union of every rank's `keys` (collective when torch.distributed is initialized)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if ranks.world_size() == 1:
         return set(keys)
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, sorted(keys))

@@ -1,7 +1,9 @@
-"""Model + optimizer as one megatron-core dist_checkpointing state dict, fully reshardable.
+"""The optimizer's state as megatron-core dist_checkpointing ShardedTensors, fully
+reshardable, and `full_state`: model + optimizer, the state dict a training checkpoint saves.
 
-Model: `model_io.sharded_model_state_dict` (per-layer global keys), so a training checkpoint's
-`model/` is also a model checkpoint (`model_io.load_model_checkpoint`, HF export).
+Model: `model_state.model_state` (`model_checkpoint.sharded_model_state_dict`: per-layer global
+keys), so a training checkpoint's `model/` is also a model checkpoint
+(`model_checkpoint.load_model_checkpoint`, HF export).
 
 Optimizer: megatron's wrappers (`FP32Optimizer.sharded_state_dict`) assume `init_state_fn`
 and save `param_groups` as a rank-0 common object, which breaks under PP (each stage has its
@@ -32,28 +34,8 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 
-from exaone_train.checkpoint.model_io import sharded_model_state_dict
+from exaone_train.checkpoint.model_state import model_state
 from exaone_train.parallel.state import device as rank_device
-
-
-def unwrap(chunk: Any) -> Any:
-    return getattr(chunk, "module", chunk)
-
-
-def model_state(chunks: list) -> dict:
-    """One chunk: the model's state dict at the root (model_io's layout); VPP: model0, ..."""
-    if len(chunks) == 1:
-        return sharded_model_state_dict(unwrap(chunks[0]))
-    return {f"model{i}": sharded_model_state_dict(unwrap(c)) for i, c in enumerate(chunks)}
-
-
-def load_model_into(chunks: list, loaded: dict) -> None:
-    if len(chunks) == 1:
-        unwrap(chunks[0]).load_state_dict({k: v for k, v in loaded.items() if k != "optimizer"},
-                                          strict=True)
-        return
-    for i, c in enumerate(chunks):
-        unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
 
 
 def megatron_optimizers(optimizer: Any) -> list:

@@ -503,7 +503,7 @@ def curriculum_plan(cfg: RecipeConfig, world_size: int, **kwargs: Any) -> dict[s
     layout does not fit `world_size` carries its ConfigError instead (the trainer refuses it)."""
     if not cfg.curriculum.stages:
         return None
-    from exaone_train.curriculum.plan import plan_curriculum
+    from exaone_train.curriculum.stages import plan_curriculum
 
     plan = plan_curriculum(cfg)
     out = plan.to_dict()

@@ -1,4 +1,4 @@
-"""Helpers for checkpoint tests and the benchmark: run `python -m launcher train` (or under
+"""Helpers for the tests that run real training: `python -m launcher train` (or under
 torchrun) as a real subprocess, wait for a checkpoint, read per-step losses."""
 
 from __future__ import annotations
